@@ -1,0 +1,755 @@
+//! The broker seam: every capability call is described as one
+//! [`CapabilityRequest`] and decided by a [`Broker`] before anything happens.
+//!
+//! The host builds everything the broker sees: who is calling ([`Subject`]),
+//! what the run has touched so far ([`Session`]) and the call itself. Guest
+//! arguments only ever fill in the request's resource and details.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::stack::ThreadStack;
+use crate::{CallError, Error, Limit};
+
+/// What a call wants to do, named `<capability>.<verb>` as in policy and audit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Action {
+    #[serde(rename = "http.request")]
+    HttpRequest,
+    #[serde(rename = "storage.read")]
+    StorageRead,
+    #[serde(rename = "storage.write")]
+    StorageWrite,
+    #[serde(rename = "storage.delete")]
+    StorageDelete,
+    #[serde(rename = "storage.list")]
+    StorageList,
+    #[serde(rename = "secret.use")]
+    SecretUse,
+    #[serde(rename = "secret.mint")]
+    SecretMint,
+    #[serde(rename = "tool.invoke")]
+    ToolInvoke,
+}
+
+impl Action {
+    /// Every action, in a fixed order.
+    pub const ALL: [Action; 8] = [
+        Action::HttpRequest,
+        Action::StorageRead,
+        Action::StorageWrite,
+        Action::StorageDelete,
+        Action::StorageList,
+        Action::SecretUse,
+        Action::SecretMint,
+        Action::ToolInvoke,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::HttpRequest => "http.request",
+            Action::StorageRead => "storage.read",
+            Action::StorageWrite => "storage.write",
+            Action::StorageDelete => "storage.delete",
+            Action::StorageList => "storage.list",
+            Action::SecretUse => "secret.use",
+            Action::SecretMint => "secret.mint",
+            Action::ToolInvoke => "tool.invoke",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a call acts on. Ids are canonical: the same thing always has the same id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Resource {
+    /// A network host: a canonical host name or an IP literal.
+    Host { name: String },
+    /// A storage key in a namespace.
+    Object { namespace: String, key: String },
+    /// A credential, by its configured name.
+    Secret { name: String },
+    /// A skill registered as a named tool.
+    Tool { name: String },
+}
+
+impl Resource {
+    /// The entity type policies see.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Host { .. } => "Host",
+            Resource::Object { .. } => "Object",
+            Resource::Secret { .. } => "Secret",
+            Resource::Tool { .. } => "Tool",
+        }
+    }
+
+    /// The entity id policies see. An object's id is `namespace/key`; namespaces
+    /// never contain `/`, so the split is unambiguous.
+    pub fn id(&self) -> String {
+        match self {
+            Resource::Host { name } | Resource::Secret { name } | Resource::Tool { name } => {
+                name.clone()
+            }
+            Resource::Object { namespace, key } => format!("{namespace}/{key}"),
+        }
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} `{}`", self.kind(), crate::escape(&self.id(), 200))
+    }
+}
+
+/// The details of one call that policy may look at besides the resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Details {
+    /// An outbound HTTP request (also the destination of a `secret.use`).
+    Http {
+        method: String,
+        scheme: String,
+        port: u16,
+        path: String,
+    },
+    /// A storage operation on a key (or a key prefix, for `storage.list`).
+    Storage { key: String },
+    /// Minting a token for an audience.
+    Token { audience: String },
+    /// Invoking a tool.
+    Tool { input_bytes: u64 },
+}
+
+/// One capability call, as the broker sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CapabilityRequest {
+    pub action: Action,
+    pub resource: Resource,
+    pub details: Details,
+}
+
+/// Whether policy lets a call through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// Whether a deny stops the call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Denials stop calls. The default, always.
+    #[default]
+    Enforce,
+    /// Decisions are computed and recorded, "would deny" is reported, and calls
+    /// proceed. For writing policy against a real skill.
+    Shadow,
+}
+
+/// A broker's answer for one call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Ids of the policies that decided: the satisfied `permit`s for an allow,
+    /// the satisfied `forbid`s (or the erroring policies) for a deny.
+    pub policies: Vec<String>,
+    /// Why, in words, when the policy ids alone do not say it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub mode: Mode,
+}
+
+impl Decision {
+    pub fn allow(policies: Vec<String>) -> Self {
+        Decision {
+            verdict: Verdict::Allow,
+            policies,
+            reason: None,
+            mode: Mode::Enforce,
+        }
+    }
+
+    pub fn deny(policies: Vec<String>, reason: Option<String>) -> Self {
+        Decision {
+            verdict: Verdict::Deny,
+            policies,
+            reason,
+            mode: Mode::Enforce,
+        }
+    }
+
+    /// Whether the call goes ahead: allowed, or denied in shadow mode.
+    pub fn proceeds(&self) -> bool {
+        self.verdict == Verdict::Allow || self.mode == Mode::Shadow
+    }
+
+    /// The text a guest and a user see for a denial: action, resource and the
+    /// deciding policy ids.
+    pub fn denial(&self, request: &CapabilityRequest) -> String {
+        let mut text = format!("`{}` on {} denied", request.action, request.resource);
+        match self.policies.as_slice() {
+            [] => text.push_str(": no policy permits it"),
+            [one] => text.push_str(&format!(" by policy `{one}`")),
+            many => {
+                let ids: Vec<String> = many.iter().map(|p| format!("`{p}`")).collect();
+                text.push_str(&format!(" by policies {}", ids.join(", ")));
+            }
+        }
+        if let Some(reason) = &self.reason {
+            text.push_str(&format!(" ({reason})"));
+        }
+        text
+    }
+}
+
+/// How much the operator trusts the agent that generated a skill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trust {
+    /// Nothing is known about the agent. The default.
+    #[default]
+    Untrusted,
+    Low,
+    Medium,
+    High,
+}
+
+impl Trust {
+    pub const ALL: [Trust; 4] = [Trust::Untrusted, Trust::Low, Trust::Medium, Trust::High];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Trust::Untrusted => "untrusted",
+            Trust::Low => "low",
+            Trust::Medium => "medium",
+            Trust::High => "high",
+        }
+    }
+
+    /// Ordinal for policies that compare levels (`untrusted` is 0).
+    pub const fn rank(self) -> i64 {
+        self as i64
+    }
+}
+
+impl std::str::FromStr for Trust {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Trust::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown trust level `{s}` (expected untrusted, low, medium or high)")
+            })
+    }
+}
+
+impl fmt::Display for Trust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How sensitive the data a task handles is, as asserted by whoever started it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sensitivity {
+    Public,
+    Internal,
+    /// The default: unless told otherwise, assume the data matters.
+    #[default]
+    Confidential,
+    Secret,
+}
+
+impl Sensitivity {
+    pub const ALL: [Sensitivity; 4] = [
+        Sensitivity::Public,
+        Sensitivity::Internal,
+        Sensitivity::Confidential,
+        Sensitivity::Secret,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Sensitivity::Public => "public",
+            Sensitivity::Internal => "internal",
+            Sensitivity::Confidential => "confidential",
+            Sensitivity::Secret => "secret",
+        }
+    }
+
+    /// Ordinal for policies that compare levels (`public` is 0).
+    pub const fn rank(self) -> i64 {
+        self as i64
+    }
+}
+
+impl std::str::FromStr for Sensitivity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Sensitivity::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown sensitivity `{s}` (expected public, internal, confidential or secret)"
+                )
+            })
+    }
+}
+
+impl fmt::Display for Sensitivity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The skill being run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SkillIdentity {
+    /// blake3 digest of the component bytes, hex.
+    pub digest: String,
+    pub name: String,
+    /// Whether a reviewer approved it (false for a developer-mode run of a file).
+    pub approved: bool,
+    pub labels: BTreeSet<String>,
+}
+
+/// The agent that generated the skill.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AgentIdentity {
+    pub id: String,
+    pub trust: Trust,
+}
+
+/// The task a run serves, asserted by whoever started it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Task {
+    pub id: String,
+    pub intent: String,
+    pub sensitivity: Sensitivity,
+    pub environment: String,
+}
+
+/// How the instance was reached: directly (depth 0) or as a tool of another skill.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Delegation {
+    pub depth: u32,
+    /// Names of the calling skills, outermost first.
+    pub chain: Vec<String>,
+}
+
+/// Who is making a call: everything here is built by the host, never by the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Subject {
+    /// This instance, unique per run of a skill.
+    pub instance: String,
+    pub skill: SkillIdentity,
+    pub agent: AgentIdentity,
+    pub task: Task,
+    pub delegation: Delegation,
+}
+
+/// What a run has touched so far. Shared by every instance of the run (a tool's
+/// reads flow back to its caller), and only ever grows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionState {
+    /// Classification labels of the data read.
+    pub labels: BTreeSet<String>,
+    /// Names of the credentials used.
+    pub secrets_used: BTreeSet<String>,
+    /// Hosts connected to.
+    pub hosts_contacted: BTreeSet<String>,
+    /// Capability calls made (allowed or not).
+    pub calls: u64,
+    /// Request bytes sent out (bodies and headers).
+    pub bytes_out: u64,
+}
+
+/// A handle on the run's [`SessionState`].
+#[derive(Clone, Debug, Default)]
+pub struct Session(Arc<Mutex<SessionState>>);
+
+impl Session {
+    pub fn new(state: SessionState) -> Self {
+        Session(Arc::new(Mutex::new(state)))
+    }
+
+    /// The state, locked. Never held across an await.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        // A panic elsewhere must not wedge the run's policy state.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn snapshot(&self) -> SessionState {
+        self.lock().clone()
+    }
+}
+
+/// What happened to a call after the broker decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Stopped by the broker; nothing was done.
+    Denied,
+    /// Done. `access` says what was touched, for example the address connected to.
+    Done {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        access: Option<String>,
+    },
+    /// Allowed, but it failed (the guest got this error).
+    Failed { error: String },
+    /// The instance ended while the call was in progress.
+    Cancelled,
+}
+
+/// One capability call and its decision, for the run's report and the audit log.
+#[derive(Clone, Debug, Serialize)]
+pub struct CallRecord {
+    pub instance: String,
+    pub skill: String,
+    pub action: Action,
+    pub resource: Resource,
+    pub details: Details,
+    pub decision: Decision,
+    pub outcome: Outcome,
+    pub duration_us: u64,
+}
+
+/// Decides capability calls. The runtime's implementation evaluates policy;
+/// [`DenyAll`] is the default when there is none.
+pub trait Broker: Send + Sync + 'static {
+    /// Decide one call. Called on a real thread stack, never on a guest's
+    /// fiber, so an implementation may recurse as deep as a thread allows.
+    fn decide(
+        &self,
+        subject: &Subject,
+        session: &SessionState,
+        request: &CapabilityRequest,
+    ) -> Decision;
+
+    /// Keep a record of a decided call, once it is over. Not on the decision path.
+    fn record(&self, record: &CallRecord) {
+        let _ = record;
+    }
+}
+
+/// The broker with no policy: every capability call is denied.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DenyAll;
+
+impl Broker for DenyAll {
+    fn decide(&self, _: &Subject, _: &SessionState, _: &CapabilityRequest) -> Decision {
+        Decision::deny(Vec::new(), Some("no policy is loaded".to_string()))
+    }
+}
+
+/// Every call record of a run, across all its instances.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger(Arc<Mutex<Vec<CallRecord>>>);
+
+impl Ledger {
+    fn push(&self, record: CallRecord) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record);
+    }
+
+    /// The records so far, in the order the calls ended.
+    pub fn records(&self) -> Vec<CallRecord> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// An instance's budget of host calls, shared by everything that makes calls
+/// on its behalf (its host functions and its standard HTTP handler).
+#[derive(Clone, Debug)]
+pub struct CallBudget {
+    made: Arc<AtomicU64>,
+    max: u64,
+}
+
+impl CallBudget {
+    pub fn new(max: u64) -> Self {
+        CallBudget {
+            made: Arc::new(AtomicU64::new(0)),
+            max,
+        }
+    }
+
+    /// Host calls made so far.
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
+    }
+
+    /// Count one call; past the budget the instance ends.
+    pub fn spend(&self) -> Result<(), CallError> {
+        let made = self.made.fetch_add(1, Ordering::Relaxed) + 1;
+        if made > self.max {
+            return Err(CallError::Trap(
+                Error::Limit {
+                    limit: Limit::HostCalls,
+                    detail: format!("more than {} host calls", self.max),
+                }
+                .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Per-instance broker state: who is calling, the run's session, and the
+/// instance's host-call budget. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct BrokerCtx {
+    broker: Arc<dyn Broker>,
+    subject: Arc<Subject>,
+    session: Session,
+    ledger: Ledger,
+    stack: Arc<ThreadStack>,
+    budget: CallBudget,
+}
+
+impl fmt::Debug for BrokerCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerCtx")
+            .field("subject", &self.subject)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerCtx {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        subject: Arc<Subject>,
+        session: Session,
+        ledger: Ledger,
+        stack: Arc<ThreadStack>,
+        budget: CallBudget,
+    ) -> Self {
+        BrokerCtx {
+            broker,
+            subject,
+            session,
+            ledger,
+            stack,
+            budget,
+        }
+    }
+
+    pub fn subject(&self) -> &Arc<Subject> {
+        &self.subject
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn stack(&self) -> &Arc<ThreadStack> {
+        &self.stack
+    }
+
+    pub fn budget(&self) -> &CallBudget {
+        &self.budget
+    }
+
+    /// Count one host call against the instance's budget.
+    pub fn count_call(&self) -> Result<(), CallError> {
+        self.budget.spend()
+    }
+
+    /// Count the call, decide it, and either hand back a [`Permit`] to act on
+    /// or record the denial and return it as the guest's error.
+    pub async fn authorize(&self, request: CapabilityRequest) -> Result<Permit, CallError> {
+        self.count_call()?;
+        let started = Instant::now();
+        let broker = self.broker.clone();
+        let subject = self.subject.clone();
+        let session = self.session.clone();
+        // Policy engines check their remaining stack against the thread's; a
+        // guest's fiber is not the thread's stack, so decide off the fiber.
+        let (request, decision) = self
+            .stack
+            .run(move || {
+                let mut state = session.lock();
+                state.calls += 1;
+                let decision = broker.decide(&subject, &state, &request);
+                (request, decision)
+            })
+            .await;
+        let permit = Permit {
+            broker: self.broker.clone(),
+            ledger: self.ledger.clone(),
+            instance: self.subject.instance.clone(),
+            skill: self.subject.skill.name.clone(),
+            request,
+            decision,
+            started,
+            outcome: None,
+        };
+        if permit.decision.proceeds() {
+            tracing::debug!(
+                action = %permit.request.action,
+                resource = %permit.request.resource,
+                verdict = ?permit.decision.verdict,
+                "capability call allowed"
+            );
+            Ok(permit)
+        } else {
+            let message = permit.decision.denial(&permit.request);
+            tracing::info!(
+                action = %permit.request.action,
+                resource = %permit.request.resource,
+                policies = ?permit.decision.policies,
+                "capability call denied"
+            );
+            permit.finish(Outcome::Denied);
+            Err(CallError::Denied(message))
+        }
+    }
+}
+
+/// An allowed call, in progress. Records itself when finished, or as
+/// cancelled if the instance ends first.
+pub struct Permit {
+    broker: Arc<dyn Broker>,
+    ledger: Ledger,
+    instance: String,
+    skill: String,
+    request: CapabilityRequest,
+    decision: Decision,
+    started: Instant,
+    outcome: Option<Outcome>,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("request", &self.request)
+            .field("decision", &self.decision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    pub fn request(&self) -> &CapabilityRequest {
+        &self.request
+    }
+
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// Record how the call ended.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+    }
+
+    /// Record the result of acting on the permit and pass it through.
+    pub fn conclude<T>(
+        self,
+        result: Result<T, CallError>,
+        access: impl FnOnce(&T) -> Option<String>,
+    ) -> Result<T, CallError> {
+        let outcome = match &result {
+            Ok(value) => Outcome::Done {
+                access: access(value),
+            },
+            Err(e) => Outcome::Failed {
+                error: e.to_string(),
+            },
+        };
+        self.finish(outcome);
+        result
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let record = CallRecord {
+            instance: std::mem::take(&mut self.instance),
+            skill: std::mem::take(&mut self.skill),
+            action: self.request.action,
+            resource: self.request.resource.clone(),
+            details: self.request.details.clone(),
+            decision: self.decision.clone(),
+            outcome: self.outcome.take().unwrap_or(Outcome::Cancelled),
+            duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        };
+        self.broker.record(&record);
+        self.ledger.push(record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> CapabilityRequest {
+        CapabilityRequest {
+            action: Action::StorageRead,
+            resource: Resource::Object {
+                namespace: "team".into(),
+                key: "reports/q3".into(),
+            },
+            details: Details::Storage {
+                key: "reports/q3".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn denial_names_action_resource_and_policies() {
+        let one = Decision::deny(vec!["base/confidential-egress".into()], None);
+        assert_eq!(
+            one.denial(&request()),
+            "`storage.read` on Object `team/reports/q3` denied by policy `base/confidential-egress`"
+        );
+        let none = Decision::deny(vec![], Some("no policy is loaded".into()));
+        assert_eq!(
+            none.denial(&request()),
+            "`storage.read` on Object `team/reports/q3` denied: no policy permits it (no policy is loaded)"
+        );
+        let two = Decision::deny(vec!["a".into(), "b".into()], None);
+        assert!(
+            two.denial(&request())
+                .ends_with("denied by policies `a`, `b`")
+        );
+    }
+
+    #[test]
+    fn action_names_match_serialized_names() {
+        for action in Action::ALL {
+            let json = serde_json::to_string(&action).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", action.as_str()));
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Airlock policy: the Cedar schema, base policies and the decision engine.
