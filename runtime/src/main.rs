@@ -1,1 +1,5 @@
-fn main() {}
+//! `airlock`: see `airlock --help`.
+
+fn main() -> std::process::ExitCode {
+    airlock_runtime::cli::main()
+}

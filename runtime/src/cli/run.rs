@@ -1,0 +1,267 @@
+//! `airlock run`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_host_apis::{Subject, Verdict, escape};
+use clap::Args;
+use serde::Serialize;
+
+use super::{Failure, exit, parse_bytes};
+use crate::engine::{Engine, EngineConfig};
+use crate::limits::Limits;
+use crate::run::{RunReport, RunRequest, RunStatus, Services};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the skill returned output (printed on stdout)
+  1  the skill returned an error
+  2  usage or configuration error
+  3  skill rejected (not a component, malformed, forbidden import)
+  4  a limit was hit (the message names it)
+  5  the skill trapped";
+
+/// Run a skill once and print its output.
+///
+/// The skill starts with no ambient authority: no files, environment,
+/// sockets or inherited stdio. Every capability call it makes is decided by
+/// the broker; with no policy loaded, every one is denied.
+#[derive(Debug, Args)]
+#[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
+pub struct RunArgs {
+    /// The skill: a WebAssembly component (`cargo build --target wasm32-wasip2`).
+    #[arg(value_name = "SKILL.wasm")]
+    skill: PathBuf,
+
+    /// Input for the skill, as JSON text.
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    input: Option<String>,
+
+    /// Read the skill's input (JSON) from a file.
+    #[arg(long, value_name = "PATH")]
+    input_file: Option<PathBuf>,
+
+    /// Print a JSON envelope: status, output or error, usage, decisions, logs.
+    #[arg(long)]
+    json: bool,
+
+    /// Wall-clock deadline, host calls included [default: 10s].
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+
+    /// Linear memory limit [default: 64MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    memory: Option<u64>,
+
+    /// Table elements limit [default: 100000].
+    #[arg(long, value_name = "N")]
+    table_elements: Option<u64>,
+
+    /// Core instances limit [default: 32].
+    #[arg(long, value_name = "N")]
+    instances: Option<u32>,
+
+    /// Bytes a single host call may copy in from the skill [default: 16MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    hostcall_fuel: Option<u64>,
+
+    /// Handles alive at once [default: 4096].
+    #[arg(long, value_name = "N")]
+    resource_table: Option<u32>,
+
+    /// Output size limit [default: 1MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    max_output: Option<u64>,
+
+    /// Capability calls limit [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_host_calls: Option<u64>,
+
+    /// Bytes of log lines kept [default: 1MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    max_log: Option<u64>,
+
+    /// Allocate instances on demand instead of from a pre-allocated pool.
+    #[arg(long)]
+    no_pooling: bool,
+
+    /// Compile every time instead of using the compiled-artifact cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl RunArgs {
+    fn limits(&self) -> Limits {
+        let mut limits = Limits::default();
+        if let Some(v) = self.timeout {
+            limits.deadline = v;
+        }
+        if let Some(v) = self.memory {
+            limits.memory = v;
+        }
+        if let Some(v) = self.table_elements {
+            limits.table_elements = v;
+        }
+        if let Some(v) = self.instances {
+            limits.instances = v;
+        }
+        if let Some(v) = self.hostcall_fuel {
+            limits.hostcall_fuel = v;
+        }
+        if let Some(v) = self.resource_table {
+            limits.resource_table = v;
+        }
+        if let Some(v) = self.max_output {
+            limits.output = v;
+        }
+        if let Some(v) = self.max_host_calls {
+            limits.host_calls = v;
+        }
+        if let Some(v) = self.max_log {
+            limits.log = v;
+        }
+        limits
+    }
+
+    fn input(&self) -> Result<String, Failure> {
+        let (input, origin) = match (&self.input, &self.input_file) {
+            (Some(text), _) => (text.clone(), "--input".to_string()),
+            (None, Some(path)) => (
+                std::fs::read_to_string(path).map_err(|e| {
+                    Failure::usage(format!("cannot read `{}`: {e}", path.display()))
+                })?,
+                format!("`{}`", path.display()),
+            ),
+            (None, None) => ("{}".to_string(), String::new()),
+        };
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&input) {
+            return Err(Failure::usage(format!(
+                "the input from {origin} is not JSON: {e}. Skill input is JSON text, for example --input '{{\"name\": \"Ada\"}}'"
+            )));
+        }
+        Ok(input)
+    }
+}
+
+#[derive(Serialize)]
+struct Rejected<'a> {
+    status: &'static str,
+    error: RejectedError<'a>,
+}
+
+#[derive(Serialize)]
+struct RejectedError<'a> {
+    message: &'a str,
+}
+
+pub async fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<u8, Failure> {
+    let limits = args.limits();
+    let input = args.input()?;
+    let bytes = std::fs::read(&args.skill)
+        .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", args.skill.display())))?;
+    let mut config = EngineConfig {
+        pooling: !args.no_pooling,
+        cache_dir: if args.no_cache {
+            None
+        } else {
+            data_dir.map(|d| d.join("cache"))
+        },
+        ..EngineConfig::default()
+    };
+    config.max_memory = config.max_memory.max(limits.memory);
+    config.max_instances = 16;
+    let engine = Arc::new(Engine::new(config)?);
+    let loader = engine.clone();
+    let loaded = tokio::task::spawn_blocking(move || loader.load(&bytes))
+        .await
+        .map_err(|e| Failure::usage(format!("loading the skill failed: {e}")))?;
+    let skill = match loaded {
+        Ok(skill) => skill,
+        Err(e) => {
+            let failure = Failure::from(e);
+            if args.json {
+                print_json(&Rejected {
+                    status: "rejected",
+                    error: RejectedError {
+                        message: &failure.message,
+                    },
+                });
+                return Ok(failure.code);
+            }
+            return Err(failure);
+        }
+    };
+    let name = args
+        .skill
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut subject = Subject::default();
+    subject.skill.name = name;
+    let request = RunRequest {
+        input,
+        subject,
+        limits,
+        session: None,
+        ledger: None,
+    };
+    let report = engine.run(&skill, request, &Services::default()).await;
+    let code = match report.status {
+        RunStatus::Ok => exit::OK,
+        RunStatus::SkillError => exit::SKILL_ERROR,
+        RunStatus::Limit => exit::LIMIT,
+        RunStatus::Trap => exit::TRAP,
+    };
+    if args.json {
+        print_json(&report);
+    } else {
+        print_human(&report);
+    }
+    Ok(code)
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("airlock: could not render the report: {e}"),
+    }
+}
+
+fn print_human(report: &RunReport) {
+    for line in &report.logs {
+        eprintln!(
+            "[{} {}] {}",
+            report.skill,
+            line.level.as_str(),
+            escape(&line.message, 4096)
+        );
+    }
+    if report.logs_dropped > 0 {
+        eprintln!(
+            "airlock: {} more log lines were dropped (over the log limit)",
+            report.logs_dropped
+        );
+    }
+    for record in &report.decisions {
+        if record.decision.verdict == Verdict::Deny {
+            let request = airlock_host_apis::CapabilityRequest {
+                action: record.action,
+                resource: record.resource.clone(),
+                details: record.details.clone(),
+            };
+            eprintln!("airlock: {}", record.decision.denial(&request));
+        }
+    }
+    match (&report.output, &report.error) {
+        (Some(output), _) => println!("{output}"),
+        (None, Some(error)) => match report.status {
+            RunStatus::SkillError => eprintln!(
+                "airlock: the skill returned an error: {}",
+                escape(&error.message, 4096)
+            ),
+            _ => eprintln!("airlock: {}", error.message),
+        },
+        (None, None) => {}
+    }
+}

@@ -1,0 +1,37 @@
+//! The runtime's errors.
+
+use crate::inspect::Rejection;
+
+/// What can go wrong outside a skill: bad configuration, a refused component,
+/// the host's own I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The component was refused before compiling.
+    #[error("skill rejected: {0}")]
+    Rejected(#[from] Rejection),
+    /// The component passed inspection but does not fit the skill world.
+    #[error("skill rejected: {0}")]
+    Incompatible(String),
+    /// A configuration value is wrong; the text says which and why.
+    #[error("{0}")]
+    Config(String),
+    /// The host failed to read or write something it needs.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The engine failed in a way that is not the skill's fault.
+    #[error("engine error: {0}")]
+    Engine(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Small file-system helpers shared by the runtime's stores.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::Error;
+
+/// Write `bytes` to `path` atomically, readable and writable by the owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let context = || format!("writing `{}`", path.display());
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(context(), e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(context(), e))?;
+    }
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(context(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io(context(), e.error))?;
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! Running a skill once: a fresh instance under its limits, called once, torn
+//! down; what happened comes back as a [`RunReport`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use airlock_host_apis::http::{Egress, HttpCtx, NoEgress, StandardHttp};
+use airlock_host_apis::log::{LogBuffer, LogCtx, LogLine, Source};
+use airlock_host_apis::secrets::{Credentials, NoCredentials, SecretsCtx};
+use airlock_host_apis::storage::{NoStorage, Storage, StorageCtx};
+use airlock_host_apis::tools::{NoTools, Tools, ToolsCtx};
+use airlock_host_apis::{
+    Broker, BrokerCtx, CallBudget, CallRecord, DenyAll, Error as HostError, Ledger, Limit,
+    OnThreadStack, Session, SkillCtx, Subject, ThreadStack,
+};
+use serde::Serialize;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use crate::engine::{CompileSource, Engine, LoadedSkill, micros};
+use crate::instance::InstanceState;
+use crate::limits::{InstanceLimiter, Limits};
+
+/// What a skill's capability calls reach. Everything defaults to nothing.
+#[derive(Clone)]
+pub struct Services {
+    pub broker: Arc<dyn Broker>,
+    pub egress: Arc<dyn Egress>,
+    pub storage: Arc<dyn Storage>,
+    /// The storage namespace a skill's keys live in.
+    pub namespace: Arc<dyn Fn(&Subject) -> String + Send + Sync>,
+    pub credentials: Arc<dyn Credentials>,
+    pub tools: Arc<dyn Tools>,
+    /// Largest request body the standard `wasi:http` path will read.
+    pub max_request_body: usize,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services").finish_non_exhaustive()
+    }
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            broker: Arc::new(DenyAll),
+            egress: Arc::new(NoEgress),
+            storage: Arc::new(NoStorage),
+            namespace: Arc::new(|subject: &Subject| subject.skill.name.clone()),
+            credentials: Arc::new(NoCredentials),
+            tools: Arc::new(NoTools),
+            max_request_body: 10 << 20,
+        }
+    }
+}
+
+/// One run of a skill.
+#[derive(Clone, Debug)]
+pub struct RunRequest {
+    pub input: String,
+    /// Who is running and why. The instance id is assigned by the run.
+    pub subject: Subject,
+    pub limits: Limits,
+    /// The run's session, when the run continues another (a tool call).
+    pub session: Option<Session>,
+    /// Where call records go, when the run is part of another.
+    pub ledger: Option<Ledger>,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// The skill returned output.
+    Ok,
+    /// The skill returned its own error.
+    SkillError,
+    /// The instance hit a limit.
+    Limit,
+    /// The instance trapped.
+    Trap,
+}
+
+/// Why a run did not produce output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunError {
+    /// The limit that was hit, when `status` is `limit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Limit>,
+    pub message: String,
+}
+
+/// What a run cost.
+#[derive(Clone, Debug, Serialize)]
+pub struct Usage {
+    pub duration_us: u64,
+    pub peak_memory_bytes: u64,
+    pub host_calls: u64,
+    pub compile: CompileSource,
+}
+
+/// Everything about one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub instance: String,
+    pub skill: String,
+    pub status: RunStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    pub usage: Usage,
+    pub decisions: Vec<CallRecord>,
+    pub logs: Vec<LogLine>,
+    pub logs_dropped: u64,
+}
+
+/// A fresh instance id: 128 random bits, hex.
+pub fn new_instance_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn limit_error(limit: Limit, detail: impl Into<String>) -> RunError {
+    RunError {
+        limit: Some(limit),
+        message: format!("limit `{limit}` reached: {}", detail.into()),
+    }
+}
+
+/// Name what ended an instance.
+fn classify(error: &wasmtime::Error, limits: &Limits) -> (RunStatus, RunError) {
+    if let Some(HostError::Limit { limit, detail }) = error.downcast_ref::<HostError>() {
+        return (RunStatus::Limit, limit_error(*limit, detail.clone()));
+    }
+    if let Some(trap) = error.downcast_ref::<Trap>() {
+        match trap {
+            Trap::Interrupt => {
+                return (
+                    RunStatus::Limit,
+                    limit_error(
+                        Limit::Deadline,
+                        format!(
+                            "ran longer than {}",
+                            humantime::format_duration(limits.deadline)
+                        ),
+                    ),
+                );
+            }
+            Trap::StackOverflow => {
+                return (
+                    RunStatus::Limit,
+                    limit_error(Limit::Stack, "the wasm call stack overflowed"),
+                );
+            }
+            _ => {}
+        }
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) =
+        error.downcast_ref::<wasmtime::component::ResourceTableError>()
+    {
+        return (
+            RunStatus::Limit,
+            limit_error(
+                Limit::ResourceTable,
+                format!("more than {} handles alive at once", limits.resource_table),
+            ),
+        );
+    }
+    let text = format!("{error:#}");
+    if text.contains("hostcall fuel") {
+        return (
+            RunStatus::Limit,
+            limit_error(
+                Limit::HostcallFuel,
+                format!(
+                    "a host call passed more than {} bytes from the guest",
+                    limits.hostcall_fuel
+                ),
+            ),
+        );
+    }
+    if text.contains("count too high") {
+        return (
+            RunStatus::Limit,
+            limit_error(
+                Limit::Instances,
+                format!(
+                    "the component needs more than {} instances",
+                    limits.instances
+                ),
+            ),
+        );
+    }
+    let message = match error.downcast_ref::<Trap>() {
+        Some(trap) => format!("the skill trapped: {trap}"),
+        None => format!("the skill trapped: {}", error.root_cause()),
+    };
+    (
+        RunStatus::Trap,
+        RunError {
+            limit: None,
+            message,
+        },
+    )
+}
+
+impl Engine {
+    /// Run `skill` once. Never fails: every way a run can end is in the report.
+    pub async fn run(
+        &self,
+        skill: &LoadedSkill,
+        request: RunRequest,
+        services: &Services,
+    ) -> RunReport {
+        let started = Instant::now();
+        let limits = request.limits;
+        let instance = new_instance_id();
+        let mut subject = request.subject;
+        subject.instance = instance.clone();
+        subject.skill.digest = skill.digest().to_hex();
+        let subject = Arc::new(subject);
+        let session = request.session.unwrap_or_default();
+        let ledger = request.ledger.unwrap_or_default();
+        let stack = ThreadStack::new();
+        let logs = LogBuffer::new(&instance, usize::try_from(limits.log).unwrap_or(usize::MAX));
+        let budget = CallBudget::new(limits.host_calls);
+        let broker = BrokerCtx::new(
+            services.broker.clone(),
+            subject.clone(),
+            session,
+            ledger.clone(),
+            stack.clone(),
+            budget.clone(),
+        );
+        let namespace = (services.namespace)(&subject);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.resource_table as usize);
+        let state = InstanceState {
+            wasi: WasiCtxBuilder::new()
+                .stdout(logs.pipe(Source::Stdout))
+                .stderr(logs.pipe(Source::Stderr))
+                .build(),
+            http: WasiHttpCtx::new(),
+            standard_http: StandardHttp::new(
+                broker.clone(),
+                services.egress.clone(),
+                services.max_request_body,
+            ),
+            table,
+            skill: SkillCtx {
+                broker,
+                http: HttpCtx::new(services.egress.clone()),
+                storage: StorageCtx::new(namespace, services.storage.clone()),
+                secrets: SecretsCtx::new(services.credentials.clone()),
+                tools: ToolsCtx::new(services.tools.clone()),
+                log: LogCtx::new(logs.clone()),
+            },
+            limiter: InstanceLimiter::new(&limits),
+        };
+        let mut store = Store::new(self.wasmtime(), state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(usize::try_from(limits.hostcall_fuel).unwrap_or(usize::MAX));
+        let deadline = started + limits.deadline;
+        let deadline_text = humantime::format_duration(limits.deadline).to_string();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(HostError::Limit {
+                    limit: Limit::Deadline,
+                    detail: format!("ran longer than {deadline_text}"),
+                }
+                .into())
+            } else {
+                // Yield every tick so other instances on this thread progress.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let input = request.input;
+        let call = async {
+            let bindings = skill.pre.instantiate_async(&mut store).await?;
+            bindings.call_run(&mut store, &input).await
+        };
+        let outcome = tokio::time::timeout(limits.deadline, OnThreadStack::new(stack, call)).await;
+
+        let (status, output, error) = match outcome {
+            Err(_elapsed) => (
+                RunStatus::Limit,
+                None,
+                Some(limit_error(
+                    Limit::Deadline,
+                    format!(
+                        "ran longer than {}",
+                        humantime::format_duration(limits.deadline)
+                    ),
+                )),
+            ),
+            Ok(Err(e)) => {
+                let (status, error) = classify(&e, &limits);
+                (status, None, Some(error))
+            }
+            Ok(Ok(Err(message))) => (
+                RunStatus::SkillError,
+                None,
+                Some(RunError {
+                    limit: None,
+                    message,
+                }),
+            ),
+            Ok(Ok(Ok(output))) if output.len() as u64 > limits.output => (
+                RunStatus::Limit,
+                None,
+                Some(limit_error(
+                    Limit::Output,
+                    format!(
+                        "the skill returned {} bytes, over the limit of {}",
+                        output.len(),
+                        limits.output
+                    ),
+                )),
+            ),
+            Ok(Ok(Ok(output))) => (RunStatus::Ok, Some(output), None),
+        };
+        let peak_memory_bytes = store.data().limiter.peak_memory();
+        drop(store);
+        let (logs, logs_dropped) = logs.drain();
+        RunReport {
+            instance,
+            skill: subject.skill.name.clone(),
+            status,
+            output,
+            error,
+            usage: Usage {
+                duration_us: micros(started.elapsed()),
+                peak_memory_bytes,
+                host_calls: budget.made(),
+                compile: skill.source,
+            },
+            decisions: ledger.records(),
+            logs,
+            logs_dropped,
+        }
+    }
+}
