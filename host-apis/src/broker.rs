@@ -752,4 +752,91 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", action.as_str()));
         }
     }
+
+    struct Fixed(Decision);
+
+    impl Broker for Fixed {
+        fn decide(&self, _: &Subject, _: &SessionState, _: &CapabilityRequest) -> Decision {
+            self.0.clone()
+        }
+    }
+
+    fn ctx(decision: Decision, max_calls: u64) -> BrokerCtx {
+        BrokerCtx::new(
+            Arc::new(Fixed(decision)),
+            Arc::new(Subject {
+                instance: "i-1".into(),
+                ..Subject::default()
+            }),
+            Session::default(),
+            Ledger::default(),
+            ThreadStack::new(),
+            CallBudget::new(max_calls),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_denial_is_a_guest_error_and_is_recorded() {
+        let ctx = ctx(Decision::deny(vec!["p1".into()], None), 10);
+        match ctx.authorize(request()).await {
+            Err(CallError::Denied(message)) => assert_eq!(
+                message,
+                "`storage.read` on Object `team/reports/q3` denied by policy `p1`"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let records = ctx.ledger().records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].outcome, Outcome::Denied);
+        assert_eq!(records[0].instance, "i-1");
+        assert_eq!(ctx.session().snapshot().calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_permit_records_its_outcome_or_its_cancellation() {
+        let ctx = ctx(Decision::allow(vec!["p".into()]), 10);
+        let permit = ctx.authorize(request()).await.unwrap();
+        let _ = permit.conclude(Ok::<_, CallError>(3u8), |n| Some(format!("{n} things")));
+        let abandoned = ctx.authorize(request()).await.unwrap();
+        drop(abandoned);
+        let records = ctx.ledger().records();
+        assert_eq!(
+            records[0].outcome,
+            Outcome::Done {
+                access: Some("3 things".into())
+            }
+        );
+        assert_eq!(records[1].outcome, Outcome::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn shadow_mode_lets_a_denied_call_proceed_and_says_so() {
+        let mut decision = Decision::deny(vec!["p".into()], None);
+        decision.mode = Mode::Shadow;
+        let ctx = ctx(decision, 10);
+        let permit = ctx.authorize(request()).await.unwrap();
+        assert_eq!(permit.decision().verdict, Verdict::Deny);
+        permit.finish(Outcome::Done { access: None });
+        assert_eq!(ctx.ledger().records()[0].decision.verdict, Verdict::Deny);
+    }
+
+    #[tokio::test]
+    async fn past_the_budget_the_instance_ends_with_the_limit_named() {
+        let ctx = ctx(Decision::deny(vec![], None), 2);
+        for _ in 0..2 {
+            assert!(matches!(
+                ctx.authorize(request()).await,
+                Err(CallError::Denied(_))
+            ));
+        }
+        match ctx.authorize(request()).await {
+            Err(CallError::Trap(e)) => match e.downcast_ref::<Error>() {
+                Some(Error::Limit { limit, .. }) => assert_eq!(*limit, Limit::HostCalls),
+                None => panic!("{e}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        // The call past the budget was never decided.
+        assert_eq!(ctx.ledger().records().len(), 2);
+    }
 }

@@ -238,10 +238,8 @@ impl Engine {
                 let component = Component::new(&self.engine, bytes)
                     .map_err(|e| Error::Incompatible(format!("compiling failed: {e}")))?;
                 let compile_us = micros(started.elapsed());
-                if let Some(cache) = &self.cache {
-                    if let Err(e) = cache.store(&digest, &component) {
-                        tracing::warn!(error = %e, "could not cache the compiled skill");
-                    }
+                if let Some(Err(e)) = self.cache.as_ref().map(|c| c.store(&digest, &component)) {
+                    tracing::warn!(error = %e, "could not cache the compiled skill");
                 }
                 (component, CompileSource::Compiled { compile_us })
             }

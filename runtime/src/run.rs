@@ -11,7 +11,7 @@ use airlock_host_apis::storage::{NoStorage, Storage, StorageCtx};
 use airlock_host_apis::tools::{NoTools, Tools, ToolsCtx};
 use airlock_host_apis::{
     Broker, BrokerCtx, CallBudget, CallRecord, DenyAll, Error as HostError, Ledger, Limit,
-    OnThreadStack, Session, SkillCtx, Subject, ThreadStack,
+    OnThreadStack, Session, SessionState, SkillCtx, Subject, ThreadStack,
 };
 use serde::Serialize;
 use wasmtime::component::ResourceTable;
@@ -114,6 +114,8 @@ pub struct RunReport {
     pub error: Option<RunError>,
     pub usage: Usage,
     pub decisions: Vec<CallRecord>,
+    /// What the run touched: labels read, hosts contacted, bytes sent.
+    pub session: SessionState,
     pub logs: Vec<LogLine>,
     pub logs_dropped: u64,
 }
@@ -170,7 +172,8 @@ fn classify(error: &wasmtime::Error, limits: &Limits) -> (RunStatus, RunError) {
         );
     }
     let text = format!("{error:#}");
-    if text.contains("hostcall fuel") {
+    // The error type is private to wasmtime; its message is what we have.
+    if text.contains("fuel allocated for hostcalls") {
         return (
             RunStatus::Limit,
             limit_error(
@@ -223,6 +226,7 @@ impl Engine {
         subject.skill.digest = skill.digest().to_hex();
         let subject = Arc::new(subject);
         let session = request.session.unwrap_or_default();
+        let session_view = session.clone();
         let ledger = request.ledger.unwrap_or_default();
         let stack = ThreadStack::new();
         let logs = LogBuffer::new(&instance, usize::try_from(limits.log).unwrap_or(usize::MAX));
@@ -340,6 +344,7 @@ impl Engine {
                 compile: skill.source,
             },
             decisions: ledger.records(),
+            session: session_view.snapshot(),
             logs,
             logs_dropped,
         }

@@ -5,7 +5,8 @@
 //! `http.fetch` (method, url, headers, body, credential), `wasi-http` (method,
 //! scheme, authority, path, headers), `storage.get|put|delete|list` (key,
 //! value, prefix), `secrets.mint` (name, audience), `tools.invoke` (name,
-//! input), `log` (level, message), `print` (message, to stdout).
+//! input), `log` (level, message), `print` (message, to stdout), `handles`
+//! (count: create and leak that many host handles), `panic` (message: trap).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -40,6 +41,10 @@ struct Call {
     input: String,
     level: String,
     message: String,
+    /// For `storage.put`: send this many bytes instead of `value`.
+    size: usize,
+    /// For `handles`: how many handles to create and leak.
+    count: usize,
 }
 
 fn error(e: Error) -> Value {
@@ -82,7 +87,10 @@ fn call(c: Call) -> Value {
         "storage.get" => report(storage::get(&c.key), |v| {
             json!(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
         }),
-        "storage.put" => report(storage::put(&c.key, c.value.as_bytes()), |()| json!(null)),
+        "storage.put" => {
+            let value = if c.size > 0 { vec![b'x'; c.size] } else { c.value.into_bytes() };
+            report(storage::put(&c.key, &value), |()| json!(null))
+        }
         "storage.delete" => report(storage::delete(&c.key), |existed| json!(existed)),
         "storage.list" => report(storage::list_keys(&c.prefix), |keys| json!(keys)),
         "secrets.mint" => report(secrets::mint_token(&c.name, &c.audience), |t| json!(t)),
@@ -100,6 +108,14 @@ fn call(c: Call) -> Value {
         "print" => {
             println!("{}", c.message);
             json!({ "ok": null })
+        }
+        "panic" => panic!("{}", c.message),
+        "handles" => {
+            // Each `fields` is a host handle; leaking them floods the table.
+            for _ in 0..c.count {
+                std::mem::forget(wasi::http::types::Fields::new());
+            }
+            json!({ "ok": c.count })
         }
         other => json!({ "error": "probe", "message": format!("unknown op `{other}`") }),
     }

@@ -1,0 +1,180 @@
+//! `airlock run` as a user runs it: a process, its stdout, stderr and exit code.
+
+use std::process::{Command, Output};
+
+use airlock_tests::skills;
+use serde_json::Value;
+
+fn airlock(args: &[&str]) -> Output {
+    let home = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+        .args(args)
+        .env("AIRLOCK_HOME", home.path())
+        // A user's backtrace setting must not turn errors into backtraces.
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn run_prints_output_and_exits_0() {
+    let out = airlock(&["run", skills::HELLO, "--input", r#"{"name":"Ada"}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"greeting\":\"hello, Ada\"}\n");
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn json_envelope_has_status_output_usage_and_decisions() {
+    let out = airlock(&["run", skills::HELLO, "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(envelope["status"], "ok");
+    assert_eq!(envelope["output"], "{\"greeting\":\"hello, world\"}");
+    assert!(envelope["usage"]["duration_us"].as_u64().is_some());
+    assert!(envelope["usage"]["peak_memory_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(envelope["usage"]["host_calls"], 0);
+    assert_eq!(envelope["usage"]["compile"]["source"], "compiled");
+    assert_eq!(envelope["decisions"], serde_json::json!([]));
+}
+
+#[test]
+fn denied_capability_calls_are_listed_with_action_resource_and_reason() {
+    let input = r#"{"calls":[{"op":"http.fetch","url":"https://api.example.com/x"}]}"#;
+    let out = airlock(&["run", skills::CAPABILITY_PROBE, "--input", input, "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decision = &envelope["decisions"][0];
+    assert_eq!(decision["action"], "http.request");
+    assert_eq!(
+        decision["resource"],
+        serde_json::json!({"type": "host", "name": "api.example.com"})
+    );
+    assert_eq!(decision["decision"]["verdict"], "deny");
+    assert_eq!(decision["outcome"]["status"], "denied");
+
+    let human = airlock(&["run", skills::CAPABILITY_PROBE, "--input", input]);
+    assert!(
+        text(&human.stderr).contains(
+            "airlock: `http.request` on Host `api.example.com` denied: no policy permits it"
+        ),
+        "{}",
+        text(&human.stderr)
+    );
+}
+
+#[test]
+fn skill_error_exits_1() {
+    let out = airlock(&["run", skills::WORD_COUNT, "--input", "{}"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("airlock: the skill returned an error: input must be"));
+    assert_eq!(text(&out.stdout), "");
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_plain_sentence() {
+    let out = airlock(&["run", skills::HELLO, "--input", "not json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with("airlock: the input from --input is not JSON"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("backtrace") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    let missing = airlock(&["run", "/nonexistent/skill.wasm"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).starts_with("airlock: cannot read `/nonexistent/skill.wasm`"));
+
+    let bad_size = airlock(&["run", skills::HELLO, "--memory", "lots"]);
+    assert_eq!(bad_size.status.code(), Some(2));
+}
+
+#[test]
+fn rejected_skills_exit_3_naming_the_problem() {
+    let out = airlock(&["run", skills::RAW_SOCKET]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("imports `wasi:sockets/"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let out = airlock(&["run", core.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(envelope["status"], "rejected");
+    assert!(
+        envelope["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module")
+    );
+}
+
+#[test]
+fn limits_exit_4_naming_the_limit() {
+    let out = airlock(&["run", skills::INFINITE_LOOP, "--timeout", "200ms"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(
+        text(&out.stderr),
+        "airlock: limit `deadline` reached: ran longer than 200ms\n"
+    );
+    let out = airlock(&["run", skills::MEMORY_BOMB, "--memory", "8MiB"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(text(&out.stderr).starts_with("airlock: limit `memory` reached"));
+}
+
+#[test]
+fn traps_exit_5_and_stderr_carries_the_panic_message() {
+    let input = r#"{"calls": [{"op": "panic", "message": "boom"}]}"#;
+    let out = airlock(&["run", skills::CAPABILITY_PROBE, "--input", input]);
+    assert_eq!(out.status.code(), Some(5));
+    let stderr = text(&out.stderr);
+    // The guest's panic message went to its stderr, which is a log line.
+    assert!(stderr.contains("boom"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "airlock: the skill trapped: wasm trap: wasm `unreachable` instruction executed"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn input_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"name": "file"}"#).unwrap();
+    let out = airlock(&[
+        "run",
+        skills::HELLO,
+        "--input-file",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"greeting\":\"hello, file\"}\n");
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let out = airlock(&["run", "--help"]);
+    let help = text(&out.stdout);
+    for line in [
+        "0  the skill returned output",
+        "1  the skill returned an error",
+        "2  usage or configuration error",
+        "3  skill rejected",
+        "4  a limit was hit",
+        "5  the skill trapped",
+    ] {
+        assert!(help.contains(line), "missing `{line}` in:\n{help}");
+    }
+}
