@@ -267,14 +267,14 @@ impl Engine {
         let mut store = Store::new(self.wasmtime(), state);
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(usize::try_from(limits.hostcall_fuel).unwrap_or(usize::MAX));
-        let deadline = started + limits.deadline;
-        let deadline_text = humantime::format_duration(limits.deadline).to_string();
+        let allowed = limits.deadline;
+        let deadline = started + allowed;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
                 Err(HostError::Limit {
                     limit: Limit::Deadline,
-                    detail: format!("ran longer than {deadline_text}"),
+                    detail: format!("ran longer than {}", humantime::format_duration(allowed)),
                 }
                 .into())
             } else {

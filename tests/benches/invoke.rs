@@ -1,1 +1,227 @@
-fn main() {}
+//! Warm invocation of `hello` (instantiate, call, tear down): Airlock's engine
+//! against bare wasmtime with the same component, pooling configuration and
+//! `InstancePre`, in one run. Prints p50/p99 of both and their ratio, and
+//! invocations per second on one core and on all cores.
+//!
+//! Run with `cargo bench -p airlock-tests --bench invoke` (and `RUST_BACKTRACE`
+//! unset: a captured backtrace on any error path distorts the figures).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use airlock_runtime::engine::{Engine, EngineConfig};
+use airlock_runtime::run::{RunStatus, Services};
+use airlock_tests::{request, skills, wasm};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
+use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+const WARMUP: usize = 2_000;
+const SAMPLES: usize = 20_000;
+const THROUGHPUT_TIME: Duration = Duration::from_secs(3);
+
+struct Bare {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for Bare {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Bare wasmtime, configured as Airlock's engine is.
+fn bare_engine(config: &EngineConfig) -> wasmtime::Engine {
+    let mut c = wasmtime::Config::new();
+    c.wasm_component_model(true)
+        .memory_init_cow(true)
+        .max_wasm_stack(512 << 10)
+        .async_stack_size(1 << 20);
+    let mut pool = PoolingAllocationConfig::new();
+    let n = config.max_instances;
+    pool.total_component_instances(n)
+        .total_core_instances(n * 4)
+        .total_memories(n * 2)
+        .total_tables(n * 4)
+        .total_stacks(n)
+        .max_memory_size(config.max_memory as usize)
+        .linear_memory_keep_resident(config.keep_resident)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    wasmtime::Engine::new(&c).unwrap()
+}
+
+fn bare_pre(engine: &wasmtime::Engine, bytes: &[u8]) -> InstancePre<Bare> {
+    let component = Component::new(engine, bytes).unwrap();
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    linker.instantiate_pre(&component).unwrap()
+}
+
+async fn bare_invoke(engine: &wasmtime::Engine, pre: &InstancePre<Bare>) {
+    let mut store = Store::new(
+        engine,
+        Bare {
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+        },
+    );
+    let instance = pre.instantiate_async(&mut store).await.unwrap();
+    let run = instance
+        .get_typed_func::<(&str,), (Result<String, String>,)>(&mut store, "run")
+        .unwrap();
+    let (out,) = run.call_async(&mut store, ("{}",)).await.unwrap();
+    assert!(out.is_ok());
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn latencies<F, Fut>(rt: &tokio::runtime::Runtime, mut once: F) -> (Duration, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    rt.block_on(async {
+        for _ in 0..WARMUP {
+            once().await;
+        }
+        let mut samples = Vec::with_capacity(SAMPLES);
+        for _ in 0..SAMPLES {
+            let t = Instant::now();
+            once().await;
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    })
+}
+
+/// Invocations per second with `workers` threads each running a loop.
+///
+/// Each loop checks the clock itself: a skill this small never yields, so a
+/// timer on the same runtime would not get to fire.
+fn throughput<F, Fut>(workers: usize, once: F) -> f64
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let warm_until = Instant::now() + Duration::from_millis(300);
+    let end = warm_until + THROUGHPUT_TIME;
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let once = once.clone();
+            let count = count.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let now = Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    once().await;
+                    if now >= warm_until {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    count.load(Ordering::Relaxed) as f64 / THROUGHPUT_TIME.as_secs_f64()
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        eprintln!("note: RUST_BACKTRACE is set; error paths will cost more than they should");
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bytes = wasm(skills::HELLO);
+    let config = EngineConfig {
+        max_instances: 256,
+        ..EngineConfig::default()
+    };
+
+    let airlock = Arc::new(Engine::new(config.clone()).unwrap());
+    let skill = airlock.load(&bytes).unwrap();
+    let services = Arc::new(Services::default());
+    let bare = bare_engine(&config);
+    let pre = Arc::new(bare_pre(&bare, &bytes));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let airlock_once = {
+        let (airlock, skill, services) = (airlock.clone(), skill.clone(), services.clone());
+        move || {
+            let (airlock, skill, services) = (airlock.clone(), skill.clone(), services.clone());
+            async move {
+                let report = airlock.run(&skill, request("hello", "{}"), &services).await;
+                assert_eq!(report.status, RunStatus::Ok);
+            }
+        }
+    };
+    let bare_once = {
+        let (bare, pre) = (bare.clone(), pre.clone());
+        move || {
+            let (bare, pre) = (bare.clone(), pre.clone());
+            async move { bare_invoke(&bare, &pre).await }
+        }
+    };
+
+    println!("warm invocation of `hello` (instantiate, call, tear down), {SAMPLES} samples");
+    let (bare_p50, bare_p99) = latencies(&rt, &bare_once);
+    let (air_p50, air_p99) = latencies(&rt, &airlock_once);
+    println!(
+        "  bare wasmtime   p50 {:7.1} µs   p99 {:7.1} µs",
+        us(bare_p50),
+        us(bare_p99)
+    );
+    println!(
+        "  airlock         p50 {:7.1} µs   p99 {:7.1} µs",
+        us(air_p50),
+        us(air_p99)
+    );
+    println!(
+        "  ratio           p50 {:7.2}x     p99 {:7.2}x   (target: p50 at most 1.5x)",
+        us(air_p50) / us(bare_p50),
+        us(air_p99) / us(bare_p99)
+    );
+
+    println!("invocations per second ({cores} cores available)");
+    let mut workers = vec![1];
+    if cores > 1 {
+        workers.push(cores);
+    }
+    for n in workers {
+        let bare_rate = throughput(n, bare_once.clone());
+        let air_rate = throughput(n, airlock_once.clone());
+        println!(
+            "  {n} worker(s)     bare {:9.0}/s   airlock {:9.0}/s   ({:.2}x of bare)",
+            bare_rate,
+            air_rate,
+            air_rate / bare_rate
+        );
+    }
+}

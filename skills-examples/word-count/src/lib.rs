@@ -38,7 +38,10 @@ impl Guest for WordCount {
             .map_err(|e| format!("input must be {{\"text\": \"...\", \"top\": N}}: {e}"))?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         let mut words = 0;
-        for word in input.text.split(|c: char| !c.is_alphanumeric() && c != '\'') {
+        for word in input
+            .text
+            .split(|c: char| !c.is_alphanumeric() && c != '\'')
+        {
             if word.is_empty() {
                 continue;
             }
@@ -50,7 +53,12 @@ impl Guest for WordCount {
         // Most frequent first; ties in alphabetical order.
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(input.top);
-        serde_json::to_string(&Output { words, distinct, top }).map_err(|e| e.to_string())
+        serde_json::to_string(&Output {
+            words,
+            distinct,
+            top,
+        })
+        .map_err(|e| e.to_string())
     }
 }
 

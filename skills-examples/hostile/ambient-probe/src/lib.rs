@@ -9,8 +9,16 @@ use serde_json::{Map, Value, json};
 wit_bindgen::generate!({ world: "skill", path: "../../../host-apis/wit" });
 
 const PATHS: &[&str] = &[
-    "/", ".", "/etc/passwd", "/etc/hostname", "/proc/self/environ", "/root", "/tmp", "..",
-    "/work", "/home",
+    "/",
+    ".",
+    "/etc/passwd",
+    "/etc/hostname",
+    "/proc/self/environ",
+    "/root",
+    "/tmp",
+    "..",
+    "/work",
+    "/home",
 ];
 
 struct Probe;
@@ -19,7 +27,9 @@ impl Guest for Probe {
     fn run(_input: String) -> Result<String, String> {
         let env: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
         let args: Vec<String> = std::env::args().collect();
-        let cwd = std::env::current_dir().map(|p| p.display().to_string()).ok();
+        let cwd = std::env::current_dir()
+            .map(|p| p.display().to_string())
+            .ok();
         let mut files = Map::new();
         for path in PATHS {
             let read = std::fs::read(path).map(|b| b.len());

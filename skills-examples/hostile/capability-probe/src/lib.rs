@@ -88,7 +88,11 @@ fn call(c: Call) -> Value {
             json!(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
         }),
         "storage.put" => {
-            let value = if c.size > 0 { vec![b'x'; c.size] } else { c.value.into_bytes() };
+            let value = if c.size > 0 {
+                vec![b'x'; c.size]
+            } else {
+                c.value.into_bytes()
+            };
             report(storage::put(&c.key, &value), |()| json!(null))
         }
         "storage.delete" => report(storage::delete(&c.key), |existed| json!(existed)),
@@ -148,7 +152,9 @@ fn wasi_http(c: Call) -> Value {
     let set = request.set_method(&method).is_ok()
         && request.set_scheme(Some(&scheme)).is_ok()
         && request.set_authority(Some(&c.authority)).is_ok()
-        && request.set_path_with_query(Some(c.path.as_deref().unwrap_or("/"))).is_ok();
+        && request
+            .set_path_with_query(Some(c.path.as_deref().unwrap_or("/")))
+            .is_ok();
     if !set {
         return json!({ "error": "request", "message": "the request was refused while being built" });
     }
@@ -178,7 +184,8 @@ struct Probe;
 
 impl Guest for Probe {
     fn run(input: String) -> Result<String, String> {
-        let input: Input = serde_json::from_str(&input).map_err(|e| format!("bad probe input: {e}"))?;
+        let input: Input =
+            serde_json::from_str(&input).map_err(|e| format!("bad probe input: {e}"))?;
         let results: Vec<Value> = input.calls.into_iter().map(call).collect();
         Ok(json!({ "results": results }).to_string())
     }
