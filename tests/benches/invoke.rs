@@ -85,23 +85,45 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn latencies<F, Fut>(rt: &tokio::runtime::Runtime, mut once: F) -> (Duration, Duration)
+/// p50 and p99 of `a` and `b`, measured in alternating rounds so that drift
+/// in the machine (frequency, other load) falls on both alike.
+fn latencies<A, FA, B, FB>(
+    rt: &tokio::runtime::Runtime,
+    mut a: A,
+    mut b: B,
+) -> ((Duration, Duration), (Duration, Duration))
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    A: FnMut() -> FA,
+    FA: std::future::Future<Output = ()>,
+    B: FnMut() -> FB,
+    FB: std::future::Future<Output = ()>,
 {
+    const ROUNDS: usize = 10;
     rt.block_on(async {
         for _ in 0..WARMUP {
-            once().await;
+            a().await;
+            b().await;
         }
-        let mut samples = Vec::with_capacity(SAMPLES);
-        for _ in 0..SAMPLES {
-            let t = Instant::now();
-            once().await;
-            samples.push(t.elapsed());
+        let mut sa = Vec::with_capacity(SAMPLES);
+        let mut sb = Vec::with_capacity(SAMPLES);
+        for _ in 0..ROUNDS {
+            for _ in 0..SAMPLES / ROUNDS {
+                let t = Instant::now();
+                a().await;
+                sa.push(t.elapsed());
+            }
+            for _ in 0..SAMPLES / ROUNDS {
+                let t = Instant::now();
+                b().await;
+                sb.push(t.elapsed());
+            }
         }
-        samples.sort();
-        (percentile(&samples, 0.5), percentile(&samples, 0.99))
+        sa.sort();
+        sb.sort();
+        (
+            (percentile(&sa, 0.5), percentile(&sa, 0.99)),
+            (percentile(&sb, 0.5), percentile(&sb, 0.99)),
+        )
     })
 }
 
@@ -157,10 +179,18 @@ fn main() {
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bytes = wasm(skills::HELLO);
-    let config = EngineConfig {
+    let mut config = EngineConfig {
         max_instances: 256,
         ..EngineConfig::default()
     };
+    // For exploring the pool's reset cost: bytes kept resident per memory.
+    if let Some(bytes) = std::env::var("AIRLOCK_BENCH_KEEP_RESIDENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.keep_resident = bytes;
+    }
+    println!("pooling, keep_resident = {} bytes", config.keep_resident);
 
     let airlock = Arc::new(Engine::new(config.clone()).unwrap());
     let skill = airlock.load(&bytes).unwrap();
@@ -191,8 +221,7 @@ fn main() {
     };
 
     println!("warm invocation of `hello` (instantiate, call, tear down), {SAMPLES} samples");
-    let (bare_p50, bare_p99) = latencies(&rt, &bare_once);
-    let (air_p50, air_p99) = latencies(&rt, &airlock_once);
+    let ((bare_p50, bare_p99), (air_p50, air_p99)) = latencies(&rt, &bare_once, &airlock_once);
     println!(
         "  bare wasmtime   p50 {:7.1} µs   p99 {:7.1} µs",
         us(bare_p50),
