@@ -431,13 +431,47 @@ pub struct CallRecord {
     pub duration_us: u64,
 }
 
+/// What a broker built for one instance in [`Broker::prepare`], handed back
+/// to every [`Broker::decide`] for that instance.
+#[derive(Clone, Default)]
+pub struct Prepared(Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Prepared(..)"
+        } else {
+            "Prepared(none)"
+        })
+    }
+}
+
+impl Prepared {
+    pub fn new<T: std::any::Any + Send + Sync>(value: T) -> Self {
+        Prepared(Some(Arc::new(value)))
+    }
+
+    /// The prepared value, if this broker prepared one of type `T`.
+    pub fn get<T: std::any::Any + Send + Sync>(&self) -> Option<&T> {
+        self.0.as_deref().and_then(|v| v.downcast_ref())
+    }
+}
+
 /// Decides capability calls. The runtime's implementation evaluates policy;
 /// [`DenyAll`] is the default when there is none.
 pub trait Broker: Send + Sync + 'static {
+    /// Build what every decision for this instance shares, once, when the
+    /// instance starts.
+    fn prepare(&self, subject: &Subject) -> Prepared {
+        let _ = subject;
+        Prepared::default()
+    }
+
     /// Decide one call. Called on a real thread stack, never on a guest's
     /// fiber, so an implementation may recurse as deep as a thread allows.
     fn decide(
         &self,
+        prepared: &Prepared,
         subject: &Subject,
         session: &SessionState,
         request: &CapabilityRequest,
@@ -454,7 +488,13 @@ pub trait Broker: Send + Sync + 'static {
 pub struct DenyAll;
 
 impl Broker for DenyAll {
-    fn decide(&self, _: &Subject, _: &SessionState, _: &CapabilityRequest) -> Decision {
+    fn decide(
+        &self,
+        _: &Prepared,
+        _: &Subject,
+        _: &SessionState,
+        _: &CapabilityRequest,
+    ) -> Decision {
         Decision::deny(Vec::new(), Some("no policy is loaded".to_string()))
     }
 }
@@ -522,6 +562,7 @@ impl CallBudget {
 #[derive(Clone)]
 pub struct BrokerCtx {
     broker: Arc<dyn Broker>,
+    prepared: Prepared,
     subject: Arc<Subject>,
     session: Session,
     ledger: Ledger,
@@ -547,8 +588,10 @@ impl BrokerCtx {
         stack: Arc<ThreadStack>,
         budget: CallBudget,
     ) -> Self {
+        let prepared = broker.prepare(&subject);
         BrokerCtx {
             broker,
+            prepared,
             subject,
             session,
             ledger,
@@ -567,6 +610,10 @@ impl BrokerCtx {
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
+    }
+
+    pub fn prepared(&self) -> &Prepared {
+        &self.prepared
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -592,6 +639,7 @@ impl BrokerCtx {
         self.count_call()?;
         let started = Instant::now();
         let broker = self.broker.clone();
+        let prepared = self.prepared.clone();
         let subject = self.subject.clone();
         let session = self.session.clone();
         // Policy engines check their remaining stack against the thread's; a
@@ -601,7 +649,7 @@ impl BrokerCtx {
             .run(move || {
                 let mut state = session.lock();
                 state.calls += 1;
-                let decision = broker.decide(&subject, &state, &request);
+                let decision = broker.decide(&prepared, &subject, &state, &request);
                 (request, decision)
             })
             .await;
@@ -756,7 +804,13 @@ mod tests {
     struct Fixed(Decision);
 
     impl Broker for Fixed {
-        fn decide(&self, _: &Subject, _: &SessionState, _: &CapabilityRequest) -> Decision {
+        fn decide(
+            &self,
+            _: &Prepared,
+            _: &Subject,
+            _: &SessionState,
+            _: &CapabilityRequest,
+        ) -> Decision {
             self.0.clone()
         }
     }

@@ -26,8 +26,8 @@ use std::fmt;
 
 pub use broker::{
     Action, AgentIdentity, Broker, BrokerCtx, CallBudget, CallRecord, CapabilityRequest, Decision,
-    Delegation, DenyAll, Details, Ledger, Mode, Outcome, Permit, Resource, Sensitivity, Session,
-    SessionState, SkillIdentity, Subject, Task, Trust, Verdict,
+    Delegation, DenyAll, Details, Ledger, Mode, Outcome, Permit, Prepared, Resource, Sensitivity,
+    Session, SessionState, SkillIdentity, Subject, Task, Trust, Verdict,
 };
 pub use stack::{OnThreadStack, ThreadStack};
 

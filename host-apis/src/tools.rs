@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::bindings::airlock::skill::tools::Host;
 use crate::broker::{
-    Action, Broker, CapabilityRequest, Details, Ledger, Resource, Session, Subject,
+    Action, Broker, CapabilityRequest, Details, Ledger, Prepared, Resource, Session, Subject,
 };
 use crate::{CallError, SkillCtx};
 
@@ -18,6 +18,8 @@ pub struct Caller {
     /// The broker that decides the caller's calls; a callee's calls must pass
     /// it too, so a tool never has more rights than its caller.
     pub broker: Arc<dyn Broker>,
+    /// What the caller's broker prepared for the caller.
+    pub prepared: Prepared,
     pub session: Session,
     pub ledger: Ledger,
 }
@@ -80,6 +82,7 @@ impl Host for SkillCtx {
         let caller = Caller {
             subject: self.broker.subject().clone(),
             broker: self.broker.broker().clone(),
+            prepared: self.broker.prepared().clone(),
             session: self.broker.session().clone(),
             ledger: self.broker.ledger().clone(),
         };

@@ -121,14 +121,28 @@ pub struct SubjectInput {
     pub delegation_chain: BTreeSet<String>,
 }
 
-/// What the run has touched so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SessionInput {
-    pub labels: BTreeSet<String>,
-    pub secrets_used: BTreeSet<String>,
-    pub hosts_contacted: BTreeSet<String>,
+/// What the run has touched so far, borrowed from the run's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionInput<'a> {
+    pub labels: &'a BTreeSet<String>,
+    pub secrets_used: &'a BTreeSet<String>,
+    pub hosts_contacted: &'a BTreeSet<String>,
     pub calls: i64,
     pub bytes_out: i64,
+}
+
+static NOTHING: BTreeSet<String> = BTreeSet::new();
+
+impl Default for SessionInput<'_> {
+    fn default() -> Self {
+        SessionInput {
+            labels: &NOTHING,
+            secrets_used: &NOTHING,
+            hosts_contacted: &NOTHING,
+            calls: 0,
+            bytes_out: 0,
+        }
+    }
 }
 
 /// The resource of a call, with its attributes (from operator configuration).
@@ -268,7 +282,7 @@ pub struct Query<'a> {
     pub action: Action,
     pub resource: &'a ResourceInput,
     pub call: &'a CallInput,
-    pub session: &'a SessionInput,
+    pub session: SessionInput<'a>,
 }
 
 /// The answer: allowed or not, and which policies decided.
@@ -487,9 +501,9 @@ impl Policies {
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let set = |v: &BTreeSet<String>| RestrictedExpression::new_set(v.iter().map(|x| s(x)));
         let session = RestrictedExpression::new_record([
-            ("labels".to_string(), set(&session.labels)),
-            ("secrets_used".to_string(), set(&session.secrets_used)),
-            ("hosts_contacted".to_string(), set(&session.hosts_contacted)),
+            ("labels".to_string(), set(session.labels)),
+            ("secrets_used".to_string(), set(session.secrets_used)),
+            ("hosts_contacted".to_string(), set(session.hosts_contacted)),
             (
                 "calls".to_string(),
                 RestrictedExpression::new_long(session.calls),

@@ -182,7 +182,7 @@ fn an_erroring_forbid_is_a_deny_though_cedar_alone_would_allow() {
         action: Action::HttpRequest,
         resource: &resource,
         call: &call,
-        session: &session,
+        session,
     };
     let prepared = policies.prepare(&subject());
     for answer in [
@@ -233,7 +233,7 @@ fn a_request_missing_context_attributes_is_a_deny_even_under_permit_all() {
         action: Action::HttpRequest,
         resource: &resource,
         call: &call,
-        session: &session,
+        session,
     };
     let answer = policies.decide(&policies.prepare(&subject()), &query);
     assert!(!answer.allowed);
@@ -265,7 +265,7 @@ fn a_resource_of_the_wrong_type_is_a_deny_even_under_permit_all() {
         action: Action::HttpRequest,
         resource: &resource,
         call: &call,
-        session: &session,
+        session,
     };
     let answer = policies.decide(&policies.prepare(&subject()), &query);
     assert!(!answer.allowed, "{answer:?}");

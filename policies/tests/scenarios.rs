@@ -254,10 +254,15 @@ fn run_case(policies: &Policies, case: &Case) -> Result<(), String> {
         delegation_chain: BTreeSet::new(),
     };
     let s = &case.session;
+    let (labels, secrets_used, hosts_contacted) = (
+        set(&s.labels),
+        set(&s.secrets_used),
+        set(&s.hosts_contacted),
+    );
     let session = SessionInput {
-        labels: set(&s.labels),
-        secrets_used: set(&s.secrets_used),
-        hosts_contacted: set(&s.hosts_contacted),
+        labels: &labels,
+        secrets_used: &secrets_used,
+        hosts_contacted: &hosts_contacted,
         calls: s.calls,
         bytes_out: s.bytes_out,
     };
@@ -266,7 +271,7 @@ fn run_case(policies: &Policies, case: &Case) -> Result<(), String> {
         action,
         resource: &resource,
         call: &call,
-        session: &session,
+        session,
     };
     let want_allow = match case.expect.as_str() {
         "allow" => true,

@@ -12,6 +12,13 @@ pub enum Error {
     /// The component passed inspection but does not fit the skill world.
     #[error("skill rejected: {0}")]
     Incompatible(String),
+    /// The policies do not load; every problem is listed with file and line.
+    #[error("the policies in `{dir}` do not load:\n{source}")]
+    Policy {
+        dir: String,
+        #[source]
+        source: airlock_policy::Error,
+    },
     /// A configuration value is wrong; the text says which and why.
     #[error("{0}")]
     Config(String),

@@ -5,10 +5,15 @@
 //!   [`cache`], an `InstancePre` per skill digest.
 //! - [`inspect`]: what a component is and imports, before it is compiled.
 //! - [`run`]: one invocation under [`limits`], and its [`run::RunReport`].
+//! - [`node`]: a [`Node`] puts the engine together with the broker
+//!   ([`broker`], on [`airlock_policy`]), [`storage`], [`tools`] and the
+//!   [`config`].
 //! - [`cli`]: the `airlock` command.
 
+pub mod broker;
 pub mod cache;
 pub mod cli;
+pub mod config;
 pub mod digest;
 pub mod engine;
 mod error;
@@ -16,11 +21,16 @@ mod fsutil;
 pub mod inspect;
 mod instance;
 pub mod limits;
+pub mod node;
 pub mod run;
+pub mod storage;
+pub mod tools;
 
+pub use config::Config;
 pub use digest::SkillDigest;
 pub use engine::{Engine, EngineConfig, LoadedSkill};
 pub use error::Error;
 pub use inspect::{Inspection, Rejection};
 pub use limits::Limits;
+pub use node::{Node, NodeOptions};
 pub use run::{RunReport, RunRequest, RunStatus, Services};

@@ -4,9 +4,11 @@
 
 use std::sync::{Arc, OnceLock};
 
+use airlock_host_apis::{AgentIdentity, Trust};
+use airlock_runtime::config::PolicyMode;
 use airlock_runtime::engine::{Engine, EngineConfig, LoadedSkill};
 use airlock_runtime::run::{RunReport, RunRequest, Services};
-use airlock_runtime::{Error, Limits};
+use airlock_runtime::{Config, Error, Limits, Node, NodeOptions};
 
 /// Paths of the guest components, and `foreach_example!` / `foreach_hostile!`.
 pub mod skills {
@@ -19,15 +21,95 @@ pub fn wasm(path: &str) -> Vec<u8> {
 }
 
 /// One engine per test binary: tests share it as a server would.
-pub fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
+pub fn engine() -> &'static Arc<Engine> {
+    static ENGINE: OnceLock<Arc<Engine>> = OnceLock::new();
     ENGINE.get_or_init(|| {
-        Engine::new(EngineConfig {
-            max_instances: 64,
-            ..EngineConfig::default()
-        })
-        .unwrap_or_else(|e| panic!("engine: {e}"))
+        Arc::new(
+            Engine::new(EngineConfig {
+                max_instances: 64,
+                ..EngineConfig::default()
+            })
+            .unwrap_or_else(|e| panic!("engine: {e}")),
+        )
     })
+}
+
+/// A node for one test: its own state directory, policies and
+/// configuration, on the shared engine. `config` is TOML in which
+/// `{skills}` stands for the directory of the built guests.
+pub struct TestNode {
+    pub node: Arc<Node>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub fn new(config: &str, policies: &[(&str, &str)]) -> Self {
+        Self::with_mode(config, policies, None)
+    }
+
+    pub fn with_mode(config: &str, policies: &[(&str, &str)], mode: Option<PolicyMode>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let skills_dir = std::path::Path::new(skills::HELLO).parent().unwrap();
+        let config = config.replace("{skills}", &skills_dir.display().to_string());
+        let mut config: Config = toml::from_str(&config).unwrap_or_else(|e| panic!("{e}"));
+        config.check().unwrap();
+        let policy_dir = dir.path().join("policies");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        for (name, text) in policies {
+            std::fs::write(policy_dir.join(name), text).unwrap();
+        }
+        config.storage.root = Some(dir.path().join("storage"));
+        let node = Node::new(
+            config,
+            NodeOptions {
+                shared_engine: Some(engine().clone()),
+                policy_dir: Some(policy_dir),
+                policy_mode: mode,
+                ..NodeOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        TestNode { node, dir }
+    }
+
+    /// Run a guest as `agent` with `trust`.
+    pub async fn run(&self, path: &str, input: &str, trust: Trust) -> RunReport {
+        let skill = self
+            .node
+            .load(wasm(path))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut req = request(name_of(path), input);
+        req.subject.agent = AgentIdentity {
+            id: "agent-1".into(),
+            trust,
+        };
+        req.subject.task.id = "task-1".into();
+        req.subject.task.intent = "testing".into();
+        self.node.run(&skill, req).await
+    }
+}
+
+/// The decisions of a run, as (action, verdict, policies).
+pub fn decisions(report: &RunReport) -> Vec<(String, String, Vec<String>)> {
+    report
+        .decisions
+        .iter()
+        .map(|r| {
+            (
+                r.action.as_str().to_string(),
+                format!("{:?}", r.decision.verdict).to_lowercase(),
+                r.decision.policies.clone(),
+            )
+        })
+        .collect()
+}
+
+/// The probe's results array.
+pub fn results(report: &RunReport) -> Vec<serde_json::Value> {
+    let output: serde_json::Value =
+        serde_json::from_str(report.output.as_deref().unwrap_or("{}")).unwrap_or_default();
+    output["results"].as_array().cloned().unwrap_or_default()
 }
 
 /// Load a guest into the shared engine.

@@ -9,7 +9,8 @@ use airlock_host_apis::secrets::Credentials;
 use airlock_host_apis::storage::Storage;
 use airlock_host_apis::tools::{Caller, Tools};
 use airlock_host_apis::{
-    Action, Broker, CallError, CapabilityRequest, Decision, Outcome, SessionState, Subject, Verdict,
+    Action, Broker, CallError, CapabilityRequest, Decision, Outcome, Prepared, SessionState,
+    Subject, Verdict,
 };
 use airlock_runtime::run::{RunStatus, Services};
 use airlock_tests::{request, run_with, skills};
@@ -22,7 +23,13 @@ struct AllowAll {
 }
 
 impl Broker for AllowAll {
-    fn decide(&self, _: &Subject, _: &SessionState, _: &CapabilityRequest) -> Decision {
+    fn decide(
+        &self,
+        _: &Prepared,
+        _: &Subject,
+        _: &SessionState,
+        _: &CapabilityRequest,
+    ) -> Decision {
         self.stacks.lock().unwrap().push(stacker::remaining_stack());
         Decision::allow(vec!["test/allow-all".into()])
     }

@@ -1,5 +1,6 @@
 //! The `airlock` command: thin glue over the library.
 
+mod policy;
 mod run;
 
 use std::path::PathBuf;
@@ -17,6 +18,11 @@ pub struct Cli {
     #[arg(long, env = "AIRLOCK_HOME", global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
+    /// The configuration file (`airlock.toml`): policy, limits, storage,
+    /// hosts, tools. Unknown keys are errors.
+    #[arg(long, env = "AIRLOCK_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +30,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(run::RunArgs),
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// A failure of the command itself, with the exit code it maps to.
@@ -98,10 +106,18 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    let data_dir = data_dir(cli.data_dir);
     let result = runtime.block_on(async move {
+        let config = match &cli.config {
+            Some(path) => crate::Config::load(path).map_err(Failure::from),
+            None => Ok(crate::Config::default()),
+        };
         match cli.command {
-            Command::Run(args) => run::run(args, data_dir).await,
+            Command::Run(args) => {
+                let config = config?;
+                let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
+                run::run(args, config, data_dir).await
+            }
+            Command::Policy(command) => policy::run(command),
         }
     });
     match result {

@@ -1,17 +1,20 @@
 //! `airlock run`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_host_apis::{Subject, Verdict, escape};
+use airlock_host_apis::{
+    AgentIdentity, Mode, Sensitivity, SkillIdentity, Subject, Task, Trust, Verdict, escape,
+};
 use clap::Args;
 use serde::Serialize;
 
 use super::{Failure, exit, parse_bytes};
-use crate::engine::{Engine, EngineConfig};
+use crate::config::{Config, PolicyMode};
+use crate::engine::EngineConfig;
 use crate::limits::Limits;
-use crate::run::{RunReport, RunRequest, RunStatus, Services};
+use crate::node::{Node, NodeOptions};
+use crate::run::{RunReport, RunRequest, RunStatus};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -26,7 +29,8 @@ Exit codes:
 ///
 /// The skill starts with no ambient authority: no files, environment,
 /// sockets or inherited stdio. Every capability call it makes is decided by
-/// the broker; with no policy loaded, every one is denied.
+/// the broker with the run's context; with no policy loaded, every one is
+/// denied. The context flags default to the least trusted values.
 #[derive(Debug, Args)]
 #[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
 pub struct RunArgs {
@@ -45,6 +49,40 @@ pub struct RunArgs {
     /// Print a JSON envelope: status, output or error, usage, decisions, logs.
     #[arg(long)]
     json: bool,
+
+    /// A directory of Cedar policies, added to the built-in base policies.
+    #[arg(long, value_name = "DIR")]
+    policy: Option<PathBuf>,
+
+    /// `shadow` computes and records decisions and reports what would be
+    /// denied, but lets every call proceed. For writing policy; never the
+    /// default.
+    #[arg(long, value_enum, value_name = "MODE")]
+    policy_mode: Option<PolicyMode>,
+
+    /// The task this run serves.
+    #[arg(long, value_name = "ID", default_value = "cli")]
+    task_id: String,
+
+    /// What the run is for, as declared by whoever starts it.
+    #[arg(long, value_name = "TEXT", default_value = "unspecified")]
+    intent: String,
+
+    /// How sensitive the task's data is: public, internal, confidential, secret.
+    #[arg(long, value_name = "LEVEL", default_value = "secret")]
+    sensitivity: Sensitivity,
+
+    /// Where the task runs (for example dev, staging, prod).
+    #[arg(long, value_name = "NAME", default_value = "local")]
+    environment: String,
+
+    /// The agent that generated the skill.
+    #[arg(long, value_name = "ID", default_value = "unknown")]
+    agent: String,
+
+    /// How far that agent is trusted: untrusted, low, medium, high.
+    #[arg(long, value_name = "LEVEL", default_value = "untrusted")]
+    trust: Trust,
 
     /// Wall-clock deadline, host calls included [default: 10s].
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
@@ -92,8 +130,8 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    fn limits(&self) -> Limits {
-        let mut limits = Limits::default();
+    fn limits(&self, defaults: &Limits) -> Limits {
+        let mut limits = defaults.clone();
         if let Some(v) = self.timeout {
             limits.deadline = v;
         }
@@ -155,28 +193,30 @@ struct RejectedError<'a> {
     message: &'a str,
 }
 
-pub async fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<u8, Failure> {
-    let limits = args.limits();
+pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Result<u8, Failure> {
+    let limits = args.limits(&config.limits);
     let input = args.input()?;
     let bytes = std::fs::read(&args.skill)
         .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", args.skill.display())))?;
-    let mut config = EngineConfig {
-        pooling: !args.no_pooling,
-        cache_dir: if args.no_cache {
-            None
-        } else {
-            data_dir.map(|d| d.join("cache"))
+    let options = NodeOptions {
+        engine: EngineConfig {
+            pooling: !args.no_pooling,
+            max_instances: 16,
+            cache_dir: if args.no_cache {
+                None
+            } else {
+                data_dir.as_ref().map(|d| d.join("cache"))
+            },
+            max_memory: EngineConfig::default().max_memory.max(limits.memory),
+            ..EngineConfig::default()
         },
-        ..EngineConfig::default()
+        shared_engine: None,
+        data_dir,
+        policy_dir: args.policy.clone(),
+        policy_mode: args.policy_mode,
     };
-    config.max_memory = config.max_memory.max(limits.memory);
-    config.max_instances = 16;
-    let engine = Arc::new(Engine::new(config)?);
-    let loader = engine.clone();
-    let loaded = tokio::task::spawn_blocking(move || loader.load(&bytes))
-        .await
-        .map_err(|e| Failure::usage(format!("loading the skill failed: {e}")))?;
-    let skill = match loaded {
+    let node = Node::new(config, options)?;
+    let skill = match node.load(bytes).await {
         Ok(skill) => skill,
         Err(e) => {
             let failure = Failure::from(e);
@@ -197,8 +237,27 @@ pub async fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<u8, Failure
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut subject = Subject::default();
-    subject.skill.name = name;
+    let subject = Subject {
+        instance: String::new(),
+        skill: SkillIdentity {
+            digest: String::new(),
+            name,
+            // A file run directly has not been through admission.
+            approved: false,
+            labels: Default::default(),
+        },
+        agent: AgentIdentity {
+            id: args.agent.clone(),
+            trust: args.trust,
+        },
+        task: Task {
+            id: args.task_id.clone(),
+            intent: args.intent.clone(),
+            sensitivity: args.sensitivity,
+            environment: args.environment.clone(),
+        },
+        delegation: Default::default(),
+    };
     let request = RunRequest {
         input,
         subject,
@@ -206,7 +265,7 @@ pub async fn run(args: RunArgs, data_dir: Option<PathBuf>) -> Result<u8, Failure
         session: None,
         ledger: None,
     };
-    let report = engine.run(&skill, request, &Services::default()).await;
+    let report = node.run(&skill, request).await;
     let code = match report.status {
         RunStatus::Ok => exit::OK,
         RunStatus::SkillError => exit::SKILL_ERROR,
@@ -250,7 +309,12 @@ fn print_human(report: &RunReport) {
                 resource: record.resource.clone(),
                 details: record.details.clone(),
             };
-            eprintln!("airlock: {}", record.decision.denial(&request));
+            let shadow = if record.decision.mode == Mode::Shadow {
+                "would deny (shadow mode, the call went ahead): "
+            } else {
+                ""
+            };
+            eprintln!("airlock: {shadow}{}", record.decision.denial(&request));
         }
     }
     match (&report.output, &report.error) {

@@ -1,0 +1,316 @@
+//! `airlock.toml`: the operator's configuration. Unknown keys are errors.
+//!
+//! Relative paths in the file are relative to the file's directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+use crate::limits::Limits;
+
+/// The whole configuration file. Every section is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where Airlock keeps its state; the `--data-dir` flag wins.
+    pub data_dir: Option<PathBuf>,
+    pub policy: PolicyConfig,
+    /// Default limits for every instance; flags override them per run.
+    pub limits: Limits,
+    pub storage: StorageConfig,
+    /// Attributes of network hosts, by canonical host name.
+    pub hosts: BTreeMap<String, HostConfig>,
+    /// Skills registered as named tools.
+    pub tools: BTreeMap<String, ToolConfig>,
+    /// Attributes of credentials, by name.
+    pub secrets: BTreeMap<String, SecretConfig>,
+    pub delegation: DelegationConfig,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// A directory of `.cedar` files, added to the built-in base policies.
+    /// Without one, no capability call is allowed.
+    pub dir: Option<PathBuf>,
+    /// `enforce` (the default) or `shadow`.
+    pub mode: PolicyMode,
+}
+
+/// Whether policy denials stop calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyMode {
+    /// Denials stop calls.
+    #[default]
+    Enforce,
+    /// Decisions are recorded and "would deny" is reported; calls proceed.
+    Shadow,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory holding one sub-directory per namespace. Defaults to
+    /// `<data_dir>/storage`.
+    pub root: Option<PathBuf>,
+    /// Keys per namespace.
+    pub max_keys: u64,
+    /// Bytes of values per namespace.
+    pub max_bytes: u64,
+    /// Bytes per value.
+    pub max_value_bytes: u64,
+    /// Bytes per key.
+    pub max_key_bytes: usize,
+    /// Namespace of a skill, by skill name. Unlisted skills use their name.
+    pub namespaces: BTreeMap<String, String>,
+    /// Classification labels by key prefix.
+    pub labels: Vec<LabelRule>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            root: None,
+            max_keys: 10_000,
+            max_bytes: 64 << 20,
+            max_value_bytes: 1 << 20,
+            max_key_bytes: 180,
+            namespaces: BTreeMap::new(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+/// Keys starting with `prefix` (in `namespace`, or in every namespace) carry
+/// `label`; reading one adds the label to the run's session.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRule {
+    pub prefix: String,
+    pub label: String,
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Data labels this host may receive even after the session read them.
+    pub sinks: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    /// The skill's component file.
+    pub skill: PathBuf,
+    /// `low`, `medium` or `high`.
+    #[serde(default = "default_risk")]
+    pub risk: Risk,
+    /// Limits for the tool's instances; the caller's deadline still applies.
+    #[serde(default)]
+    pub limits: Option<Limits>,
+}
+
+fn default_risk() -> Risk {
+    Risk::High
+}
+
+/// How much harm a tool can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+}
+
+impl Risk {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+        }
+    }
+
+    pub fn level(self) -> i64 {
+        self as i64
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretConfig {
+    #[serde(default = "default_classification")]
+    pub classification: String,
+}
+
+fn default_classification() -> String {
+    "secret".to_string()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelegationConfig {
+    /// Deepest chain of tool calls the runtime will run at all (policy may
+    /// allow less).
+    pub max_depth: u32,
+}
+
+impl Default for DelegationConfig {
+    fn default() -> Self {
+        DelegationConfig { max_depth: 8 }
+    }
+}
+
+/// A storage namespace name: lowercase letters, digits, `-` and `_`.
+pub fn valid_namespace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_'))
+}
+
+impl Config {
+    /// Read and check a configuration file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read `{}`: {e}", path.display())))?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("`{}`: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.check()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(dir) = &mut self.data_dir {
+            resolve(dir);
+        }
+        if let Some(dir) = &mut self.policy.dir {
+            resolve(dir);
+        }
+        if let Some(root) = &mut self.storage.root {
+            resolve(root);
+        }
+        for tool in self.tools.values_mut() {
+            resolve(&mut tool.skill);
+        }
+    }
+
+    /// Everything a file can get wrong that its types do not catch.
+    pub fn check(&self) -> Result<(), Error> {
+        for (skill, namespace) in &self.storage.namespaces {
+            if !valid_namespace(namespace) {
+                return Err(Error::Config(format!(
+                    "storage namespace `{namespace}` (for skill `{skill}`) must be 1 to 64 of a-z, 0-9, `-` and `_`"
+                )));
+            }
+        }
+        for rule in &self.storage.labels {
+            if rule.label.is_empty() {
+                return Err(Error::Config(format!(
+                    "the storage label for prefix `{}` is empty",
+                    rule.prefix
+                )));
+            }
+        }
+        for name in self.tools.keys() {
+            if name.is_empty() {
+                return Err(Error::Config("a tool name is empty".into()));
+            }
+        }
+        if self.storage.max_key_bytes == 0 || self.storage.max_key_bytes > 180 {
+            return Err(Error::Config(
+                "storage.max_key_bytes must be between 1 and 180 (keys become file names)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The namespace a skill's storage lives in.
+    pub fn namespace_for(&self, skill: &str) -> String {
+        if let Some(ns) = self.storage.namespaces.get(skill) {
+            return ns.clone();
+        }
+        let mut ns: String = skill
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        if ns.is_empty() {
+            ns.push('_');
+        }
+        ns
+    }
+
+    /// The classification label of a key, from the first matching rule.
+    pub fn classification(&self, namespace: &str, key: &str) -> Option<&str> {
+        self.storage
+            .labels
+            .iter()
+            .find(|r| {
+                key.starts_with(&r.prefix)
+                    && r.namespace.as_deref().is_none_or(|ns| ns == namespace)
+            })
+            .map(|r| r.label.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<Config>("[storage]\nmax_keyz = 3\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("unknown field `max_keyz`"), "{err}");
+        let err = toml::from_str::<Config>("polcy = 1\n")
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("unknown field `polcy`"));
+    }
+
+    #[test]
+    fn namespaces_default_to_a_safe_form_of_the_skill_name() {
+        let config = Config::default();
+        assert_eq!(config.namespace_for("Word Count"), "word_count");
+        assert_eq!(config.namespace_for("../etc"), "___etc");
+        assert!(valid_namespace(&config.namespace_for("../etc")));
+    }
+
+    #[test]
+    fn the_first_matching_label_rule_wins() {
+        let config: Config = toml::from_str(
+            "[[storage.labels]]\nprefix = \"hr/\"\nlabel = \"secret\"\nnamespace = \"people\"\n\
+             [[storage.labels]]\nprefix = \"hr/\"\nlabel = \"confidential\"\n",
+        )
+        .unwrap_or_default();
+        assert_eq!(config.classification("people", "hr/pay"), Some("secret"));
+        assert_eq!(
+            config.classification("team", "hr/pay"),
+            Some("confidential")
+        );
+        assert_eq!(config.classification("team", "notes"), None);
+    }
+}

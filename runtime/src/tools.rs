@@ -1,0 +1,181 @@
+//! Skills registered as named tools, invoked by other skills.
+//!
+//! A tool runs in its own instance, with its own limits, on its own tokio
+//! task (so its broker decisions run on a thread stack, not inside the
+//! caller's host call). It inherits the caller's task, agent, session and
+//! ledger; its delegation chain is the caller's plus the caller. Its calls are
+//! decided for the tool and must also be allowed for the caller
+//! ([`DelegatedBroker`]). Cycles and chains past the configured depth are
+//! refused before anything runs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use airlock_host_apis::tools::{Caller, Tools};
+use airlock_host_apis::{CallError, Delegation, SkillIdentity, Subject};
+
+use crate::broker::DelegatedBroker;
+use crate::config::Config;
+use crate::engine::LoadedSkill;
+use crate::node::Node;
+use crate::run::{RunRequest, RunStatus};
+
+/// The tools an operator registered.
+pub struct ToolRegistry {
+    node: Weak<Node>,
+    config: Arc<Config>,
+    loaded: Mutex<HashMap<String, Arc<LoadedSkill>>>,
+}
+
+impl std::fmt::Debug for ToolRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolRegistry")
+            .field("tools", &self.config.tools.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Aborts the task when dropped: a cancelled caller cancels its tool.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl ToolRegistry {
+    pub fn new(node: Weak<Node>, config: Arc<Config>) -> Self {
+        ToolRegistry {
+            node,
+            config,
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn skill(&self, node: &Arc<Node>, name: &str) -> Result<Arc<LoadedSkill>, CallError> {
+        if let Some(skill) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return Ok(skill.clone());
+        }
+        let Some(tool) = self.config.tools.get(name) else {
+            return Err(not_found(name));
+        };
+        let path = tool.skill.clone();
+        let loader = node.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            loader.engine().load(&bytes).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| CallError::Unavailable(format!("loading tool `{name}` failed: {e}")))?
+        .map_err(|e| {
+            tracing::warn!(tool = name, error = %e, "a registered tool does not load");
+            CallError::Unavailable(format!("tool `{name}` is not available"))
+        })?;
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+}
+
+fn not_found(name: &str) -> CallError {
+    CallError::NotFound(format!(
+        "no tool named `{}` is registered",
+        airlock_host_apis::escape(name, 100)
+    ))
+}
+
+#[async_trait::async_trait]
+impl Tools for ToolRegistry {
+    async fn invoke(&self, caller: Caller, name: &str, input: String) -> Result<String, CallError> {
+        let Some(tool) = self.config.tools.get(name) else {
+            return Err(not_found(name));
+        };
+        let Some(node) = self.node.upgrade() else {
+            return Err(CallError::Unavailable(
+                "the runtime is shutting down".into(),
+            ));
+        };
+        let from = &caller.subject;
+        let mut chain = from.delegation.chain.clone();
+        chain.push(from.skill.name.clone());
+        if chain.iter().any(|s| s == name) {
+            return Err(CallError::Denied(format!(
+                "tool `{name}` is already running in this chain ({} -> {name}): cycles are refused",
+                chain.join(" -> ")
+            )));
+        }
+        let depth = from.delegation.depth + 1;
+        let max = self.config.delegation.max_depth;
+        if depth > max {
+            return Err(CallError::Limit(format!(
+                "tool calls nest at most {max} deep; this one would be {depth}"
+            )));
+        }
+        let skill = self.skill(&node, name).await?;
+        let subject = Subject {
+            instance: String::new(),
+            skill: SkillIdentity {
+                digest: String::new(),
+                name: name.to_string(),
+                // Registered by the operator.
+                approved: true,
+                labels: Default::default(),
+            },
+            agent: from.agent.clone(),
+            task: from.task.clone(),
+            delegation: Delegation { depth, chain },
+        };
+        let mut services = node.services().clone();
+        services.broker = Arc::new(DelegatedBroker::new(
+            node.services().broker.clone(),
+            caller.clone(),
+        ));
+        let request = RunRequest {
+            input,
+            subject,
+            limits: tool
+                .limits
+                .clone()
+                .unwrap_or_else(|| self.config.limits.clone()),
+            session: Some(caller.session.clone()),
+            ledger: Some(caller.ledger.clone()),
+        };
+        let runner = node.clone();
+        let report = AbortOnDrop(tokio::spawn(async move {
+            runner.engine().run(&skill, request, &services).await
+        }))
+        .await
+        .map_err(|e| CallError::Unavailable(format!("tool `{name}` did not finish: {e}")))?;
+        match (report.status, report.output, report.error) {
+            (RunStatus::Ok, Some(output), _) => Ok(output),
+            (RunStatus::SkillError, _, error) => Err(CallError::Unavailable(format!(
+                "tool `{name}` returned an error: {}",
+                error.map(|e| e.message).unwrap_or_default()
+            ))),
+            (_, _, error) => Err(CallError::Unavailable(format!(
+                "tool `{name}` failed: {}",
+                error.map(|e| e.message).unwrap_or_default()
+            ))),
+        }
+    }
+}
