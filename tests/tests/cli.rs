@@ -178,3 +178,169 @@ fn help_documents_exit_codes() {
         assert!(help.contains(line), "missing `{line}` in:\n{help}");
     }
 }
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn policy_validate_reports_each_problem_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "good.cedar",
+        "@id(\"ok\")\npermit (principal, action, resource);\n",
+    );
+    write(
+        dir.path(),
+        "team/bad.cedar",
+        "// bad\npermit (principal, action == Airlock::Action::\"http.request\", resource)\nwhen { resource.owner == \"me\" };\n",
+    );
+    let out = airlock(&["policy", "validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stdout = text(&out.stdout);
+    let expected = format!("{}:3:", dir.path().join("team/bad.cedar").display());
+    assert!(stdout.starts_with(&expected), "{stdout}");
+    assert!(
+        stdout.contains("error:") && stdout.contains("owner"),
+        "{stdout}"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        format!("airlock: 1 problem in `{}`\n", dir.path().display())
+    );
+
+    std::fs::remove_file(dir.path().join("team/bad.cedar")).unwrap();
+    let out = airlock(&["policy", "validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("policies are valid"));
+}
+
+#[test]
+fn invalid_policies_stop_a_run_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "p.cedar",
+        "permit (principal, action, resource) when { context.nope };\n",
+    );
+    let out = airlock(&[
+        "run",
+        skills::HELLO,
+        "--policy",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("do not load") && stderr.contains("p.cedar:1:"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "");
+}
+
+#[test]
+fn a_configuration_with_an_unknown_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "airlock.toml", "[storage]\nmax_keyz = 3\n");
+    let out = airlock(&["--config", &config, "run", skills::HELLO]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown field `max_keyz`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn shadow_mode_says_what_would_be_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let input =
+        r#"{"calls":[{"op":"storage.put","key":"k","value":"v"},{"op":"storage.get","key":"k"}]}"#;
+    let out = airlock(&[
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "run",
+        skills::CAPABILITY_PROBE,
+        "--policy",
+        policies.to_str().unwrap(),
+        "--policy-mode",
+        "shadow",
+        "--input",
+        input,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("airlock: would deny (shadow mode, the call went ahead): `storage.write` on Object `capability_probe/k` denied: no policy permits it"),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains(r#"{"ok":"v"}"#),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn run_context_flags_reach_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    write(
+        &policies,
+        "audit.cedar",
+        "@id(\"audit-reads\")\npermit (principal, action == Airlock::Action::\"storage.read\", resource)\nwhen { context.task.intent == \"audit\" && context.agent_trust == \"high\" && principal in Airlock::Agent::\"auditor\" };\n",
+    );
+    let input = r#"{"calls":[{"op":"storage.get","key":"k"}]}"#;
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "run",
+            skills::CAPABILITY_PROBE,
+            "--policy",
+            policies.to_str().unwrap(),
+            "--input",
+            input,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = airlock(&args);
+        let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
+        envelope["decisions"][0]["decision"]["verdict"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(run(&[]), "deny", "the defaults are the least trusted");
+    assert_eq!(
+        run(&["--intent", "audit", "--trust", "high", "--agent", "auditor"]),
+        "allow"
+    );
+    assert_eq!(
+        run(&[
+            "--intent", "audit", "--trust", "medium", "--agent", "auditor"
+        ]),
+        "deny"
+    );
+    assert_eq!(
+        run(&["--intent", "audit", "--trust", "high", "--agent", "other"]),
+        "deny"
+    );
+}
+
+#[test]
+fn an_unknown_trust_level_is_a_usage_error() {
+    let out = airlock(&["run", skills::HELLO, "--trust", "total"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown trust level `total`"),
+        "{}",
+        text(&out.stderr)
+    );
+}
