@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up on a fresh machine, build Airlock and the example skills, and run one:
-# its output, then a skill whose capability calls the broker denies.
+# Set up on a fresh machine, build Airlock and the example skills, and run
+# them: a skill's output, then a skill whose outbound call the broker denies
+# because the run has read confidential data.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,13 +12,22 @@ echo "== building airlock"
 cargo build --quiet --release -p airlock-runtime
 airlock=target/release/airlock
 skills=skills-examples/target/wasm32-wasip2/release
+config=skills-examples/airlock.toml
+# A fresh state directory, so the demo is the same every time.
+AIRLOCK_HOME="$(mktemp -d)"
+export AIRLOCK_HOME
+trap 'rm -rf "$AIRLOCK_HOME"' EXIT
 
 echo
 echo "\$ airlock run hello.wasm --input '{\"name\": \"Ada\"}'"
 "$airlock" run "$skills/hello.wasm" --input '{"name": "Ada"}'
 
 echo
-echo "\$ airlock run capability_probe.wasm   # tries the network and storage; no policy is loaded"
-"$airlock" run "$skills/capability_probe.wasm" --input '{"calls": [
-  {"op": "http.fetch", "url": "https://api.example.com/v1/reports"},
-  {"op": "storage.get", "key": "reports/q3"}]}'
+echo "\$ airlock run --config airlock.toml notes.wasm --input '{\"op\": \"put\", \"key\": \"reports/q3\", ...}'"
+"$airlock" run --config "$config" "$skills/notes.wasm" --agent planner --trust medium \
+  --input '{"op": "put", "key": "reports/q3", "text": "Revenue grew. Revenue grew again, and costs fell."}'
+
+echo
+echo "\$ airlock run --config airlock.toml report.wasm --input '{\"key\": \"reports/q3\", \"to\": \"https://reports.example.com/summaries\"}'"
+"$airlock" run --config "$config" "$skills/report.wasm" --agent planner --trust medium \
+  --input '{"key": "reports/q3", "to": "https://reports.example.com/summaries"}'

@@ -14,11 +14,18 @@
 //! This is the only crate that names `cedar_policy`, and it does no I/O but
 //! reading policy files.
 
+mod context;
 mod load;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use cedar_policy_core::ast::Value;
+use smol_str::SmolStr;
+
+use context::Shape;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
@@ -235,43 +242,41 @@ pub enum CallInput {
 }
 
 impl CallInput {
-    fn pairs(&self) -> Vec<(String, RestrictedExpression)> {
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let l = RestrictedExpression::new_long;
+    /// The call's own context attributes.
+    fn fields(&self, out: &mut BTreeMap<SmolStr, Value>) {
+        use context::{long, record, string};
+        let mut put = |k: &str, v: Value| {
+            out.insert(SmolStr::new(k), v);
+        };
         match self {
             CallInput::Http {
                 method,
                 scheme,
                 port,
                 path,
-            } => vec![
-                ("method".into(), s(method)),
-                ("scheme".into(), s(scheme)),
-                ("port".into(), l(*port)),
-                ("path".into(), s(path)),
-            ],
-            CallInput::Storage { key } => vec![("key".into(), s(key))],
+            } => {
+                put("method", string(method));
+                put("scheme", string(scheme));
+                put("port", long(*port));
+                put("path", string(path));
+            }
+            CallInput::Storage { key } => put("key", string(key)),
             CallInput::SecretUse {
                 scheme,
                 host,
                 port,
                 path,
-            } => {
-                let destination = RestrictedExpression::new_record([
-                    ("scheme".to_string(), s(scheme)),
-                    ("host".to_string(), s(host)),
-                    ("port".to_string(), l(*port)),
-                    ("path".to_string(), s(path)),
-                ]);
-                match destination {
-                    Ok(d) => vec![("destination".into(), d)],
-                    // Distinct fixed keys: cannot fail; an empty context then
-                    // fails schema validation, which is a deny.
-                    Err(_) => Vec::new(),
-                }
-            }
-            CallInput::Mint { audience } => vec![("audience".into(), s(audience))],
-            CallInput::Tool { input_bytes } => vec![("input_bytes".into(), l(*input_bytes))],
+            } => put(
+                "destination",
+                record([
+                    ("scheme", string(scheme)),
+                    ("host", string(host)),
+                    ("port", long(*port)),
+                    ("path", string(path)),
+                ]),
+            ),
+            CallInput::Mint { audience } => put("audience", string(audience)),
+            CallInput::Tool { input_bytes } => put("input_bytes", long(*input_bytes)),
         }
     }
 }
@@ -366,6 +371,8 @@ struct Index {
 pub struct Policies {
     schema: Schema,
     types: Types,
+    /// The context type of each action, from the schema.
+    shapes: Vec<Shape>,
     all: PolicySet,
     index: Index,
     actions: [EntityUid; 8],
@@ -422,6 +429,13 @@ impl Policies {
             return Err(Error::Invalid(problems));
         }
         let types = Types::new()?;
+        let mut by_name = context::shapes(SCHEMA).map_err(Error::Schema)?;
+        let mut shapes = Vec::with_capacity(Action::ALL.len());
+        for action in Action::ALL {
+            shapes.push(by_name.remove(action.as_str()).ok_or_else(|| {
+                Error::Schema(format!("no context type for `{}`", action.as_str()))
+            })?);
+        }
         let actions = Action::ALL.map(|a| Types::uid(&types.action, a.as_str()));
         let index = build_index(&schema, &parsed.set, &actions)?;
         let mut ids: Vec<String> = parsed.set.policies().map(|p| p.id().to_string()).collect();
@@ -429,6 +443,7 @@ impl Policies {
         Ok(Policies {
             schema,
             types,
+            shapes,
             all: parsed.set,
             index,
             actions,
@@ -449,89 +464,122 @@ impl Policies {
     /// Decide `query` for `prepared`, evaluating only policies whose scope can
     /// apply.
     pub fn decide(&self, prepared: &Prepared, query: &Query<'_>) -> Answer {
-        let (request, entities, resource) = match self.request(prepared, query) {
-            Ok(built) => built,
+        let resource = self.types.resource(query.resource);
+        let cached = match prepared.cached(query.action, &resource, || {
+            self.build(prepared, query.action, &resource, query.resource)
+        }) {
+            Ok(cached) => cached,
             Err(answer) => return answer,
         };
-        let resource = Key::Entity(resource);
-        let bucket = self.index.actions.get(query.action.index());
-        let principal_keys = [
-            Key::Any,
-            Key::Entity(prepared.skill.clone()),
-            Key::Entity(prepared.agent.clone()),
-        ];
-        let mut sets = Vec::new();
-        for principal in &principal_keys {
-            for resource in [&Key::Any, &resource] {
-                if let Some(set) =
-                    bucket.and_then(|b| b.get(&(principal.clone(), resource.clone())))
-                {
-                    sets.push(set);
-                }
-            }
+        match self.request(prepared, query, resource) {
+            Ok(request) => self.combine(&request, &cached.entities, &[&cached.policies]),
+            Err(answer) => answer,
         }
-        self.combine(&request, &entities, &sets)
     }
 
     /// Decide `query` by evaluating every loaded policy (no index). For
     /// comparison in benchmarks, and as a cross-check in tests.
     pub fn decide_unindexed(&self, prepared: &Prepared, query: &Query<'_>) -> Answer {
-        match self.request(prepared, query) {
-            Ok((request, entities, _)) => self.combine(&request, &entities, &[&self.all]),
+        let resource = self.types.resource(query.resource);
+        let entities = match prepared.entities(&self.schema, &resource, query.resource) {
+            Ok(entities) => entities,
+            Err(e) => return invalid("entities", &e),
+        };
+        match self.request(prepared, query, resource) {
+            Ok(request) => self.combine(&request, &entities, &[&self.all]),
             Err(answer) => answer,
         }
     }
 
+    /// The entities and the one policy set a decision on `resource` for
+    /// `action` needs: every bucket whose scope can match, merged.
+    fn build(
+        &self,
+        prepared: &Prepared,
+        action: Action,
+        resource: &EntityUid,
+        input: &ResourceInput,
+    ) -> Result<Cached, Answer> {
+        let entities = prepared
+            .entities(&self.schema, resource, input)
+            .map_err(|e| invalid("entities", &e))?;
+        let mut policies = PolicySet::new();
+        if let Some(buckets) = self.index.actions.get(action.index()) {
+            let principals = [
+                Key::Any,
+                Key::Entity(prepared.skill.clone()),
+                Key::Entity(prepared.agent.clone()),
+            ];
+            let resources = [Key::Any, Key::Entity(resource.clone())];
+            for principal in &principals {
+                for resource in &resources {
+                    let Some(set) = buckets.get(&(principal.clone(), resource.clone())) else {
+                        continue;
+                    };
+                    for policy in set.policies() {
+                        policies
+                            .add(policy.clone())
+                            .map_err(|e| invalid("policy set", &e))?;
+                    }
+                }
+            }
+        }
+        Ok(Cached {
+            entities,
+            policies: Arc::new(policies),
+        })
+    }
+
+    /// Build the request: context from typed values, checked against the
+    /// action's context type in the schema on every call; Cedar validates
+    /// the first request of each action in an instance in full as well.
     fn request(
         &self,
         prepared: &Prepared,
         query: &Query<'_>,
-    ) -> Result<(Request, Arc<Entities>, EntityUid), Answer> {
-        let invalid = |what: &str, e: &dyn std::fmt::Display| {
-            Answer::deny(
-                Vec::new(),
-                format!("the request could not be built ({what}: {e}); treated as a deny"),
-            )
-        };
-        let resource_uid = self.types.resource(query.resource);
-        let entities = prepared
-            .entities(&self.schema, &resource_uid, query.resource)
-            .map_err(|e| invalid("entities", &e))?;
+        resource: EntityUid,
+    ) -> Result<Request, Answer> {
+        use context::{long, record, strings};
         let session = query.session;
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let set = |v: &BTreeSet<String>| RestrictedExpression::new_set(v.iter().map(|x| s(x)));
-        let session = RestrictedExpression::new_record([
-            ("labels".to_string(), set(session.labels)),
-            ("secrets_used".to_string(), set(session.secrets_used)),
-            ("hosts_contacted".to_string(), set(session.hosts_contacted)),
-            (
-                "calls".to_string(),
-                RestrictedExpression::new_long(session.calls),
-            ),
-            (
-                "bytes_out".to_string(),
-                RestrictedExpression::new_long(session.bytes_out),
-            ),
-        ])
-        .map_err(|e| invalid("session", &e))?;
-        let mut pairs = prepared.context.clone();
-        pairs.push(("session".to_string(), session));
-        pairs.extend(query.call.pairs());
-        let context = Context::from_pairs(pairs).map_err(|e| invalid("context", &e))?;
+        let mut fields = prepared.fixed.clone();
+        fields.insert(
+            SmolStr::new_static("session"),
+            record([
+                ("labels", strings(session.labels)),
+                ("secrets_used", strings(session.secrets_used)),
+                ("hosts_contacted", strings(session.hosts_contacted)),
+                ("calls", long(session.calls)),
+                ("bytes_out", long(session.bytes_out)),
+            ]),
+        );
+        query.call.fields(&mut fields);
+        let i = query.action.index();
+        let shape = self
+            .shapes
+            .get(i)
+            .ok_or_else(|| invalid("action", &"unknown"))?;
+        if let Shape::Record(attrs) = shape {
+            context::check_record(attrs, &fields)
+                .map_err(|e| invalid("the context does not match the schema", &e))?;
+        }
+        let context = Context::from(cedar_policy_core::ast::Context::Value(Arc::new(fields)));
         let action = self
             .actions
-            .get(query.action.index())
+            .get(i)
             .cloned()
             .ok_or_else(|| invalid("action", &"unknown"))?;
-        let request = Request::new(
+        let first = prepared
+            .validated
+            .get(i)
+            .is_some_and(|done| !done.swap(true, Ordering::Relaxed));
+        Request::new(
             prepared.skill.clone(),
             action,
-            resource_uid.clone(),
+            resource,
             context,
-            Some(&self.schema),
+            first.then_some(&self.schema),
         )
-        .map_err(|e| invalid("validation", &e))?;
-        Ok((request, entities, resource_uid))
+        .map_err(|e| invalid("validation", &e))
     }
 
     fn combine(&self, request: &Request, entities: &Entities, sets: &[&PolicySet]) -> Answer {
@@ -582,6 +630,13 @@ impl Policies {
             reason: None,
         }
     }
+}
+
+fn invalid(what: &str, e: &dyn std::fmt::Display) -> Answer {
+    Answer::deny(
+        Vec::new(),
+        format!("the request could not be built ({what}: {e}); treated as a deny"),
+    )
 }
 
 fn sorted_ids(ids: Vec<PolicyId>) -> Vec<String> {
@@ -646,18 +701,27 @@ fn build_index(schema: &Schema, set: &PolicySet, actions: &[EntityUid; 8]) -> Re
     Ok(index)
 }
 
-/// Bound on cached entity sets per instance.
-const ENTITY_CACHE: usize = 256;
+/// Bound on the resources one instance keeps prepared decisions for.
+const CACHE: usize = 256;
+
+/// What decisions on one resource share.
+struct Cached {
+    entities: Arc<Entities>,
+    policies: Arc<PolicySet>,
+}
 
 /// Everything decisions for one instance share: principal and agent
-/// entities, the context parts that do not change, and entity sets already
-/// built for the resources it has touched.
+/// entities, the context attributes that do not change, and, per resource
+/// it has touched, the entities and the merged policy set.
 pub struct Prepared {
     skill: EntityUid,
     agent: EntityUid,
     principal: Result<(Entity, Entity), String>,
-    context: Vec<(String, RestrictedExpression)>,
-    cache: Mutex<HashMap<EntityUid, Arc<Entities>>>,
+    fixed: BTreeMap<SmolStr, Value>,
+    /// Whether Cedar has validated a request of each action in full.
+    validated: [AtomicBool; 8],
+    entities: Mutex<HashMap<EntityUid, Arc<Entities>>>,
+    cache: Mutex<HashMap<(Action, EntityUid), Arc<Cached>>>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -670,6 +734,7 @@ impl std::fmt::Debug for Prepared {
 
 impl Prepared {
     fn new(types: &Types, subject: &SubjectInput) -> Self {
+        use context::{long, record, string, strings};
         let p = &subject.principal;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let set = |v: &BTreeSet<String>| RestrictedExpression::new_set(v.iter().map(|x| s(x)));
@@ -705,45 +770,63 @@ impl Prepared {
             Ok((skill_entity, agent_entity))
         })();
         let t = &subject.task;
-        let task = RestrictedExpression::new_record([
-            ("id".to_string(), s(&t.id)),
-            ("intent".to_string(), s(&t.intent)),
-            ("sensitivity".to_string(), s(&t.sensitivity)),
+        let fixed = BTreeMap::from([
+            (SmolStr::new_static("agent_trust"), string(&p.trust)),
             (
-                "sensitivity_level".to_string(),
-                RestrictedExpression::new_long(t.sensitivity_level),
+                SmolStr::new_static("agent_trust_level"),
+                long(p.trust_level),
             ),
-            ("environment".to_string(), s(&t.environment)),
+            (
+                SmolStr::new_static("task"),
+                record([
+                    ("id", string(&t.id)),
+                    ("intent", string(&t.intent)),
+                    ("sensitivity", string(&t.sensitivity)),
+                    ("sensitivity_level", long(t.sensitivity_level)),
+                    ("environment", string(&t.environment)),
+                ]),
+            ),
+            (
+                SmolStr::new_static("delegation"),
+                record([
+                    ("depth", long(subject.delegation_depth)),
+                    ("chain", strings(&subject.delegation_chain)),
+                ]),
+            ),
         ]);
-        let delegation = RestrictedExpression::new_record([
-            (
-                "depth".to_string(),
-                RestrictedExpression::new_long(subject.delegation_depth),
-            ),
-            ("chain".to_string(), set(&subject.delegation_chain)),
-        ]);
-        let mut context = vec![
-            ("agent_trust".to_string(), s(&p.trust)),
-            (
-                "agent_trust_level".to_string(),
-                RestrictedExpression::new_long(p.trust_level),
-            ),
-        ];
-        // A record that failed to build is left out: the context then fails
-        // schema validation and every decision is a deny.
-        if let Ok(task) = task {
-            context.push(("task".to_string(), task));
-        }
-        if let Ok(delegation) = delegation {
-            context.push(("delegation".to_string(), delegation));
-        }
         Prepared {
             skill,
             agent,
             principal,
-            context,
+            fixed,
+            validated: Default::default(),
+            entities: Mutex::new(HashMap::new()),
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn cached(
+        &self,
+        action: Action,
+        resource: &EntityUid,
+        build: impl FnOnce() -> Result<Cached, Answer>,
+    ) -> Result<Arc<Cached>, Answer> {
+        let key = (action, resource.clone());
+        if let Some(cached) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(cached.clone());
+        }
+        let cached = Arc::new(build()?);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE {
+            cache.clear();
+        }
+        cache.insert(key, cached.clone());
+        Ok(cached)
     }
 
     fn entities(
@@ -752,7 +835,7 @@ impl Prepared {
         resource_uid: &EntityUid,
         resource: &ResourceInput,
     ) -> Result<Arc<Entities>, String> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.entities.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entities) = cache.get(resource_uid) {
             return Ok(entities.clone());
         }
@@ -763,10 +846,117 @@ impl Prepared {
             Entities::from_entities([skill, agent, resource], Some(schema))
                 .map_err(|e| e.to_string())?,
         );
-        if cache.len() >= ENTITY_CACHE {
+        if cache.len() >= CACHE {
             cache.clear();
         }
         cache.insert(resource_uid.clone(), entities.clone());
         Ok(entities)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call_for(action: Action) -> CallInput {
+        match action {
+            Action::HttpRequest => CallInput::Http {
+                method: "GET".into(),
+                scheme: "https".into(),
+                port: 443,
+                path: "/".into(),
+            },
+            Action::SecretUse => CallInput::SecretUse {
+                scheme: "https".into(),
+                host: "h".into(),
+                port: 443,
+                path: "/".into(),
+            },
+            Action::SecretMint => CallInput::Mint {
+                audience: "a".into(),
+            },
+            Action::ToolInvoke => CallInput::Tool { input_bytes: 2 },
+            _ => CallInput::Storage { key: "k".into() },
+        }
+    }
+
+    /// Every way to break a context: drop an attribute, add one, change a
+    /// leaf's type, put a wrong element in a set, at every depth.
+    fn mutations(fields: &BTreeMap<SmolStr, Value>) -> Vec<BTreeMap<SmolStr, Value>> {
+        use cedar_policy_core::ast::ValueKind;
+        let mut out = Vec::new();
+        let mut extra = fields.clone();
+        extra.insert("unexpected".into(), Value::from(1i64));
+        out.push(extra);
+        for (name, value) in fields {
+            let mut dropped = fields.clone();
+            dropped.remove(name);
+            out.push(dropped);
+            let replacements = match &value.value {
+                ValueKind::Record(inner) => mutations(inner)
+                    .into_iter()
+                    .map(|m| Value::record_arc(Arc::new(m), None))
+                    .chain([Value::from("not a record")])
+                    .collect::<Vec<_>>(),
+                ValueKind::Set(_) => vec![
+                    Value::set([Value::from(7i64)], None),
+                    Value::from("not a set"),
+                ],
+                ValueKind::Lit(cedar_policy_core::ast::Literal::String(_)) => {
+                    vec![Value::from(1i64), Value::from(true)]
+                }
+                _ => vec![Value::from("not a long"), Value::empty_set(None)],
+            };
+            for replacement in replacements {
+                let mut changed = fields.clone();
+                changed.insert(name.clone(), replacement);
+                out.push(changed);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_context_check_agrees_with_cedars_validator() {
+        let policies = Policies::base().unwrap();
+        let labels: BTreeSet<String> = ["a".to_string()].into();
+        let subject = SubjectInput {
+            delegation_chain: labels.clone(),
+            ..SubjectInput::default()
+        };
+        let prepared = policies.prepare(&subject);
+        let mut checked = 0;
+        for action in Action::ALL {
+            let mut fields = prepared.fixed.clone();
+            fields.insert(
+                "session".into(),
+                context::record([
+                    ("labels", context::strings(&labels)),
+                    ("secrets_used", context::strings(&BTreeSet::new())),
+                    ("hosts_contacted", context::strings(&labels)),
+                    ("calls", context::long(1)),
+                    ("bytes_out", context::long(0)),
+                ]),
+            );
+            call_for(action).fields(&mut fields);
+            let uid = policies.actions[action.index()].clone();
+            let Shape::Record(attrs) = &policies.shapes[action.index()] else {
+                panic!("context of {action:?} is not a record");
+            };
+            let mut cases = vec![fields.clone()];
+            cases.extend(mutations(&fields));
+            for case in cases {
+                let ours = context::check_record(attrs, &case).is_ok();
+                let cedar = Context::from(cedar_policy_core::ast::Context::Value(Arc::new(
+                    case.clone(),
+                )))
+                .validate(&policies.schema, &uid)
+                .is_ok();
+                assert_eq!(ours, cedar, "{action:?}: {case:?}");
+                checked += 1;
+            }
+            assert!(context::check_record(attrs, &fields).is_ok(), "{action:?}");
+        }
+        assert!(checked > 300, "{checked}");
     }
 }

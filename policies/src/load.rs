@@ -143,15 +143,28 @@ pub(crate) fn parse(files: &[SourceFile]) -> Result<Parsed, Vec<Problem>> {
                 .parse::<usize>()
                 .unwrap_or(usize::MAX)
         });
+        // Policies come in source order: count lines as the cursor moves, so
+        // a file of thousands of policies is not rescanned for each.
         let mut cursor = 0;
+        let mut cursor_line = 1;
         for policy in policies {
             let source = policy.to_cedar().unwrap_or_default();
             let offset = text
                 .get(cursor..)
                 .and_then(|rest| rest.find(&source))
                 .map_or(cursor, |found| cursor + found);
+            let gap = text.get(cursor..offset).unwrap_or_default();
+            let line = cursor_line + gap.matches('\n').count();
+            let line_start = text
+                .get(..offset)
+                .and_then(|b| b.rfind('\n'))
+                .map_or(0, |i| i + 1);
+            let column = text
+                .get(line_start..offset)
+                .map_or(0, |l| l.chars().count())
+                + 1;
             cursor = offset + source.len();
-            let (line, column) = line_col(&text, offset);
+            cursor_line = line + source.matches('\n').count();
             let id = match policy.annotation("id") {
                 Some(id) if !id.trim().is_empty() => id.to_string(),
                 _ => format!("{}:{line}", file.name),
@@ -206,7 +219,8 @@ pub(crate) fn validate(schema: &Schema, parsed: &Parsed) -> Vec<Problem> {
             line,
             column,
             severity,
-            message: with_help(format!("policy `{id}`: {message}"), diagnostic),
+            // Cedar's messages name the policy already.
+            message: with_help(message, diagnostic),
         });
     };
     for error in result.validation_errors() {

@@ -1,6 +1,14 @@
 //! What stops policies from loading, and why an evaluation error can never
 //! let a call through.
 
+// Test code: a broken fixture should fail loudly.
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
 use std::collections::BTreeSet;
 
 use airlock_policy::{

@@ -3,6 +3,14 @@
 //! request with its expected decision and deciding policy ids. Both the
 //! indexed and the unindexed evaluation must give the expected answer.
 
+// Test code: a broken fixture should fail loudly.
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing
+)]
+
 use std::collections::BTreeSet;
 use std::path::Path;
 

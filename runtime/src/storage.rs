@@ -82,11 +82,16 @@ impl DirStorage {
         })
     }
 
-    /// Check a key: not empty, not too long, no NUL or control characters.
-    fn check_key(&self, key: &str, what: &str) -> Result<(), CallError> {
-        if key.is_empty() && what == "key" {
+    /// Check a key: not empty, and as for a prefix.
+    fn check_key(&self, key: &str) -> Result<(), CallError> {
+        if key.is_empty() {
             return Err(CallError::Invalid("a storage key cannot be empty".into()));
         }
+        self.check_text(key, "key")
+    }
+
+    /// Check a key or prefix: not too long, no NUL or control characters.
+    fn check_text(&self, key: &str, what: &str) -> Result<(), CallError> {
         if key.len() > self.limits.max_key_bytes {
             return Err(CallError::Invalid(format!(
                 "a storage {what} is at most {} bytes; this one is {}",
@@ -166,7 +171,7 @@ impl DirStorage {
     }
 
     fn get_blocking(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, CallError> {
-        self.check_key(key, "key")?;
+        self.check_key(key)?;
         let ns = self.namespace(namespace)?;
         let Some(mut file) = Self::open_file(&ns.dir, &encode(key))? else {
             return Ok(None);
@@ -196,7 +201,7 @@ impl DirStorage {
     }
 
     fn put_blocking(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), CallError> {
-        self.check_key(key, "key")?;
+        self.check_key(key)?;
         let size = value.len() as u64;
         if size > self.limits.max_value_bytes {
             return Err(CallError::Limit(format!(
@@ -245,7 +250,7 @@ impl DirStorage {
     }
 
     fn delete_blocking(&self, namespace: &str, key: &str) -> Result<bool, CallError> {
-        self.check_key(key, "key")?;
+        self.check_key(key)?;
         let ns = self.namespace(namespace)?;
         let name = encode(key);
         let mut usage = ns.usage.lock().unwrap_or_else(PoisonError::into_inner);
@@ -261,7 +266,7 @@ impl DirStorage {
     }
 
     fn list_blocking(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, CallError> {
-        self.check_key(prefix, "prefix")?;
+        self.check_text(prefix, "prefix")?;
         let ns = self.namespace(namespace)?;
         let mut keys = Vec::new();
         for entry in ns.dir.entries().map_err(|e| unavailable("listing", e))? {

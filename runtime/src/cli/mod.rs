@@ -29,7 +29,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
 }
@@ -113,6 +113,7 @@ pub fn main() -> ExitCode {
         };
         match cli.command {
             Command::Run(args) => {
+                let args = *args;
                 let config = config?;
                 let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
                 run::run(args, config, data_dir).await

@@ -6,7 +6,8 @@
 //! scheme, authority, path, headers), `storage.get|put|delete|list` (key,
 //! value, prefix), `secrets.mint` (name, audience), `tools.invoke` (name,
 //! input), `log` (level, message), `print` (message, to stdout), `handles`
-//! (count: create and leak that many host handles), `panic` (message: trap).
+//! (count: create and leak that many host handles), `panic` (message: trap),
+//! `timed` (key, count: time that many `storage.get` round trips).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -114,6 +115,22 @@ fn call(c: Call) -> Value {
             json!({ "ok": null })
         }
         "panic" => panic!("{}", c.message),
+        "timed" => {
+            // Round trips of `storage.get`, timed from inside the guest, and
+            // the cost of reading the clock, to subtract.
+            let mut nanos = Vec::with_capacity(c.count);
+            for _ in 0..c.count {
+                let start = std::time::Instant::now();
+                let _ = storage::get(&c.key);
+                nanos.push(start.elapsed().as_nanos() as u64);
+            }
+            let mut clock = Vec::with_capacity(c.count);
+            for _ in 0..c.count {
+                let start = std::time::Instant::now();
+                clock.push(start.elapsed().as_nanos() as u64);
+            }
+            json!({ "ok": { "nanos": nanos, "clock": clock } })
+        }
         "handles" => {
             // Each `fields` is a host handle; leaking them floods the table.
             for _ in 0..c.count {
