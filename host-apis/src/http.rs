@@ -2,61 +2,317 @@
 //! on the destination `Host`) and then sent by the runtime's [`Egress`].
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::bindings::airlock::skill::http::{self as wit, Host};
-use crate::broker::{Action, CapabilityRequest, Details, Resource};
+use crate::broker::{Action, BrokerCtx, CapabilityRequest, Details, Resource};
 use crate::{CallError, SkillCtx};
 
-/// An outbound request, parsed once. Everything is decided and done on this.
+/// The two schemes a skill may use. `http` only where policy names the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Https,
+    Http,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        }
+    }
+}
+
+/// Where a request goes: a canonical host name (lowercase ASCII, IDNA
+/// applied, no trailing dot) or an IP address, however the guest wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Name(String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Name(name) => f.write_str(name),
+            Destination::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// What a request may carry, from the operator's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRules {
+    /// Follow redirects (each hop is decided and checked again in full).
+    pub follow_redirects: bool,
+    pub max_redirects: u32,
+    pub max_request_body: u64,
+    pub max_headers: usize,
+    /// Bytes of request header names and values together.
+    pub max_header_bytes: usize,
+    /// Bytes a whole run may send out, all requests together.
+    pub max_session_bytes_out: u64,
+}
+
+impl Default for HttpRules {
+    fn default() -> Self {
+        HttpRules {
+            follow_redirects: false,
+            max_redirects: 5,
+            max_request_body: 1 << 20,
+            max_headers: 64,
+            max_header_bytes: 16 << 10,
+            max_session_bytes_out: 10 << 20,
+        }
+    }
+}
+
+/// An outbound request, parsed once into canonical form. Everything is
+/// decided and done on this object: nothing re-parses the guest's text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboundRequest {
-    pub method: String,
+    pub method: http::Method,
+    /// Canonical: no userinfo, no fragment, canonical host.
     pub url: url::Url,
-    pub headers: Vec<(String, String)>,
+    pub scheme: Scheme,
+    pub destination: Destination,
+    pub port: u16,
+    /// Checked names and values; none of them a header the broker controls.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub body: Vec<u8>,
     /// A credential for the broker to attach, by name.
     pub credential: Option<String>,
 }
 
+/// Headers a guest may not set: the broker sets what is needed, and the
+/// runtime frames the request itself.
+pub fn is_broker_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "host"
+            | "authorization"
+            | "proxy-authorization"
+            | "cookie"
+            | "forwarded"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+    ) || name.starts_with("x-forwarded-")
+}
+
+fn invalid(what: impl fmt::Display) -> CallError {
+    CallError::Invalid(what.to_string())
+}
+
+/// Parse and canonicalize a URL a skill gave (WHATWG rules).
+pub fn canonical_url(text: &str) -> Result<(url::Url, Scheme, Destination, u16), CallError> {
+    let shown = crate::escape(text, 200);
+    let mut url =
+        url::Url::parse(text).map_err(|e| invalid(format!("`{shown}` is not a URL: {e}")))?;
+    let scheme = match url.scheme() {
+        "https" => Scheme::Https,
+        "http" => Scheme::Http,
+        other => {
+            return Err(invalid(format!(
+                "scheme `{}` is not allowed: use https (or http where policy names the host)",
+                crate::escape(other, 40)
+            )));
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(format!(
+            "`{shown}` carries a user name or password: credentials never go in a URL"
+        )));
+    }
+    url.set_fragment(None);
+    let destination = match url.host() {
+        Some(url::Host::Domain(name)) => {
+            // IDNA and case were applied by the parser; a trailing dot names
+            // the same host.
+            let name = name.strip_suffix('.').unwrap_or(name).to_string();
+            if name.is_empty() || name.split('.').any(str::is_empty) {
+                return Err(invalid(format!("`{shown}` has an empty host name label")));
+            }
+            if url.host_str() != Some(name.as_str()) {
+                url.set_host(Some(&name))
+                    .map_err(|e| invalid(format!("`{shown}`: {e}")))?;
+            }
+            Destination::Name(name)
+        }
+        Some(url::Host::Ipv4(ip)) => Destination::Ip(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Destination::Ip(IpAddr::V6(ip)),
+        None => return Err(invalid(format!("`{shown}` has no host"))),
+    };
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| invalid(format!("`{shown}` has no port")))?;
+    if port == 0 {
+        return Err(invalid(format!("`{shown}`: port 0 is not a destination")));
+    }
+    Ok((url, scheme, destination, port))
+}
+
 impl OutboundRequest {
-    /// Parse a guest's request. Refuses what cannot name a destination.
-    pub fn parse(req: wit::Request) -> Result<Self, CallError> {
-        let url = url::Url::parse(&req.url).map_err(|e| {
-            CallError::Invalid(format!(
-                "`{}` is not a URL: {e}",
-                crate::escape(&req.url, 200)
+    /// Parse a request: method, URL, headers and body, each checked.
+    pub fn parse(
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Vec<u8>,
+        credential: Option<String>,
+        rules: &HttpRules,
+    ) -> Result<Self, CallError> {
+        let method = http::Method::from_bytes(method.as_bytes()).map_err(|_| {
+            invalid(format!(
+                "`{}` is not an HTTP method",
+                crate::escape(method, 40)
             ))
         })?;
-        if url.host_str().is_none() {
-            return Err(CallError::Invalid(format!(
-                "`{}` has no host",
-                crate::escape(&req.url, 200)
+        if method == http::Method::CONNECT || method == http::Method::TRACE {
+            return Err(invalid(format!("method `{method}` is not allowed")));
+        }
+        let (url, scheme, destination, port) = canonical_url(url)?;
+        if headers.len() > rules.max_headers {
+            return Err(CallError::Limit(format!(
+                "a request carries at most {} headers; this one has {}",
+                rules.max_headers,
+                headers.len()
+            )));
+        }
+        let mut total = 0usize;
+        let mut checked = Vec::with_capacity(headers.len());
+        for (name, value) in headers {
+            let shown = crate::escape(name, 60);
+            let header = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("`{shown}` is not a valid header name")))?;
+            if is_broker_header(header.as_str()) {
+                return Err(invalid(format!(
+                    "header `{header}` is set by the broker, not by a skill"
+                )));
+            }
+            let value = http::HeaderValue::from_str(value).map_err(|_| {
+                invalid(format!(
+                    "the value of header `{header}` has characters a header cannot carry (such as CR, LF or NUL)"
+                ))
+            })?;
+            total += header.as_str().len() + value.len();
+            checked.push((header, value));
+        }
+        if total > rules.max_header_bytes {
+            return Err(CallError::Limit(format!(
+                "request headers are at most {} bytes; these are {total}",
+                rules.max_header_bytes
+            )));
+        }
+        if body.len() as u64 > rules.max_request_body {
+            return Err(CallError::Limit(format!(
+                "a request body is at most {} bytes; this one is {}",
+                rules.max_request_body,
+                body.len()
             )));
         }
         Ok(OutboundRequest {
-            method: req.method,
+            method,
             url,
-            headers: req.headers,
-            body: req.body,
-            credential: req.credential,
+            scheme,
+            destination,
+            port,
+            headers: checked,
+            body,
+            credential,
         })
+    }
+
+    /// The `Host` resource policy sees.
+    pub fn host(&self) -> String {
+        self.destination.to_string()
     }
 
     /// The broker's view of this request.
     pub fn capability_request(&self) -> CapabilityRequest {
         CapabilityRequest {
             action: Action::HttpRequest,
-            resource: Resource::Host {
-                name: self.url.host_str().unwrap_or_default().to_string(),
-            },
+            resource: Resource::Host { name: self.host() },
             details: Details::Http {
-                method: self.method.clone(),
-                scheme: self.url.scheme().to_string(),
-                port: self.url.port_or_known_default().unwrap_or(0),
+                method: self.method.as_str().to_string(),
+                scheme: self.scheme.as_str().to_string(),
+                port: self.port,
                 path: self.url.path().to_string(),
             },
         }
+    }
+
+    /// Bytes this request sends: request line, headers and body.
+    pub fn size(&self) -> u64 {
+        let line = self.method.as_str().len()
+            + self.url.path().len()
+            + self.url.query().map_or(0, str::len)
+            + 16;
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        (line + headers + self.host().len() + 8 + self.body.len()) as u64
+    }
+
+    fn same_origin(&self, other: &OutboundRequest) -> bool {
+        self.scheme == other.scheme
+            && self.destination == other.destination
+            && self.port == other.port
+    }
+
+    /// The request to send for a redirect to `location`, checked as a new
+    /// request in full.
+    fn redirect(&self, status: u16, location: &str, rules: &HttpRules) -> Result<Self, CallError> {
+        let target = self.url.join(location).map_err(|e| {
+            invalid(format!(
+                "redirect to `{}`: {e}",
+                crate::escape(location, 200)
+            ))
+        })?;
+        // 303, and a POST redirected with 301 or 302, become a GET.
+        let get =
+            status == 303 || (matches!(status, 301 | 302) && self.method == http::Method::POST);
+        let method = if get { "GET" } else { self.method.as_str() };
+        let headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let body = if get { Vec::new() } else { self.body.clone() };
+        let mut next = Self::parse(
+            method,
+            target.as_str(),
+            &headers,
+            body,
+            self.credential.clone(),
+            rules,
+        )?;
+        if self.scheme == Scheme::Https && next.scheme == Scheme::Http {
+            return Err(CallError::Denied(format!(
+                "a redirect from https to http (`{}`) is refused",
+                crate::escape(next.url.as_str(), 200)
+            )));
+        }
+        if !self.same_origin(&next) {
+            // A credential is bound to where it was meant to go.
+            next.credential = None;
+        }
+        Ok(next)
     }
 }
 
@@ -66,12 +322,89 @@ pub struct InboundResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The address the request went to.
+    pub peer: Option<SocketAddr>,
+}
+
+impl InboundResponse {
+    fn access(&self) -> String {
+        match self.peer {
+            Some(peer) => format!(
+                "connected to {peer}, status {}, {} bytes",
+                self.status,
+                self.body.len()
+            ),
+            None => format!("status {}, {} bytes", self.status, self.body.len()),
+        }
+    }
+
+    fn location(&self) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("location"))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decide, send and (if the operator allows) follow redirects, each hop
+/// decided and checked as a new request. The one path both `http.fetch` and
+/// the standard `wasi:http` handler take.
+pub async fn fetch(
+    broker: &BrokerCtx,
+    egress: &dyn Egress,
+    rules: &HttpRules,
+    mut request: OutboundRequest,
+) -> Result<InboundResponse, CallError> {
+    let mut hops = 0;
+    loop {
+        if request.scheme == Scheme::Http && request.credential.is_some() {
+            broker.count_call()?;
+            return Err(invalid("a credential is never sent over plain http"));
+        }
+        let permit = broker.authorize(request.capability_request()).await?;
+        let size = request.size();
+        {
+            let mut session = broker.session().lock();
+            if session.bytes_out.saturating_add(size) > rules.max_session_bytes_out {
+                let used = session.bytes_out;
+                drop(session);
+                return permit.conclude(
+                    Err(CallError::Limit(format!(
+                        "this run may send at most {} bytes out; it has sent {used} and this request is {size}",
+                        rules.max_session_bytes_out
+                    ))),
+                    |_: &InboundResponse| None,
+                );
+            }
+            session.bytes_out += size;
+            session.hosts_contacted.insert(request.host());
+        }
+        let result = egress.send(&request).await;
+        let response = permit.conclude(result, |r| Some(r.access()))?;
+        let redirect = matches!(response.status, 301 | 302 | 303 | 307 | 308);
+        let Some(location) = response
+            .location()
+            .filter(|_| redirect && rules.follow_redirects)
+        else {
+            return Ok(response);
+        };
+        hops += 1;
+        if hops > rules.max_redirects {
+            return Err(CallError::Limit(format!(
+                "more than {} redirects",
+                rules.max_redirects
+            )));
+        }
+        request = request.redirect(response.status, location, rules)?;
+    }
 }
 
 /// Sends requests the broker allowed. Implemented by the runtime.
 #[async_trait::async_trait]
 pub trait Egress: Send + Sync + 'static {
-    async fn send(&self, request: OutboundRequest) -> Result<InboundResponse, CallError>;
+    /// Send one request the broker allowed, to exactly where it names: the
+    /// address connected to must be one the egress checked.
+    async fn send(&self, request: &OutboundRequest) -> Result<InboundResponse, CallError>;
 }
 
 /// No way out: every allowed request fails as unavailable.
@@ -80,10 +413,10 @@ pub struct NoEgress;
 
 #[async_trait::async_trait]
 impl Egress for NoEgress {
-    async fn send(&self, request: OutboundRequest) -> Result<InboundResponse, CallError> {
+    async fn send(&self, request: &OutboundRequest) -> Result<InboundResponse, CallError> {
         Err(CallError::Unavailable(format!(
             "no network egress is configured for this runtime (request to `{}`)",
-            request.url.host_str().unwrap_or_default()
+            request.host()
         )))
     }
 }
@@ -91,6 +424,7 @@ impl Egress for NoEgress {
 /// Per-instance state of `airlock:skill/http`.
 pub struct HttpCtx {
     egress: Arc<dyn Egress>,
+    rules: Arc<HttpRules>,
 }
 
 impl fmt::Debug for HttpCtx {
@@ -100,8 +434,8 @@ impl fmt::Debug for HttpCtx {
 }
 
 impl HttpCtx {
-    pub fn new(egress: Arc<dyn Egress>) -> Self {
-        HttpCtx { egress }
+    pub fn new(egress: Arc<dyn Egress>, rules: Arc<HttpRules>) -> Self {
+        HttpCtx { egress, rules }
     }
 
     pub fn egress(&self) -> &Arc<dyn Egress> {
@@ -111,31 +445,28 @@ impl HttpCtx {
 
 impl Host for SkillCtx {
     async fn fetch(&mut self, req: wit::Request) -> Result<wit::Response, CallError> {
-        let request = match OutboundRequest::parse(req) {
+        let request = OutboundRequest::parse(
+            &req.method,
+            &req.url,
+            &req.headers,
+            req.body,
+            req.credential,
+            &self.http.rules,
+        );
+        let request = match request {
             Ok(request) => request,
             Err(e) => {
                 self.broker.count_call()?;
                 return Err(e);
             }
         };
-        let permit = self.broker.authorize(request.capability_request()).await?;
-        let result = self.http.egress.send(request).await;
-        let response = permit.conclude(result, |r| Some(format!("status {}", r.status)))?;
+        let response = fetch(&self.broker, &*self.http.egress, &self.http.rules, request).await?;
         Ok(wit::Response {
             status: response.status,
             headers: response.headers,
             body: response.body,
         })
     }
-}
-
-/// Headers a guest may not set: the broker sets what is needed.
-pub fn is_broker_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    matches!(
-        name.as_str(),
-        "host" | "authorization" | "proxy-authorization" | "cookie" | "forwarded"
-    ) || name.starts_with("x-forwarded-")
 }
 
 /// The standard `wasi:http/outgoing-handler`, ending in the same broker check
@@ -146,7 +477,7 @@ pub fn is_broker_header(name: &str) -> bool {
 pub struct StandardHttp {
     broker: crate::BrokerCtx,
     egress: Arc<dyn Egress>,
-    max_request_body: usize,
+    rules: Arc<HttpRules>,
 }
 
 impl fmt::Debug for StandardHttp {
@@ -156,11 +487,11 @@ impl fmt::Debug for StandardHttp {
 }
 
 impl StandardHttp {
-    pub fn new(broker: crate::BrokerCtx, egress: Arc<dyn Egress>, max_request_body: usize) -> Self {
+    pub fn new(broker: crate::BrokerCtx, egress: Arc<dyn Egress>, rules: Arc<HttpRules>) -> Self {
         StandardHttp {
             broker,
             egress,
-            max_request_body,
+            rules,
         }
     }
 }
@@ -178,11 +509,15 @@ type SendFuture = Box<
 fn to_wasi_error(e: CallError) -> wasmtime_wasi_http::Error {
     use wasmtime_wasi_http::Error as E;
     match e {
-        CallError::Denied(_) => E::HttpRequestDenied,
+        CallError::Denied(m) => {
+            tracing::debug!(reason = %m, "standard http request denied");
+            E::HttpRequestDenied
+        }
         CallError::Invalid(m) => {
             tracing::debug!(reason = %m, "standard http request refused");
             E::HttpRequestUriInvalid
         }
+        CallError::Limit(m) => E::InternalError(Some(m)),
         other => E::InternalError(Some(other.to_string())),
     }
 }
@@ -210,14 +545,19 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
 
         let broker = self.broker.clone();
         let egress = self.egress.clone();
-        let max_body = self.max_request_body;
+        let rules = self.rules.clone();
         Box::new(async move {
             let (parts, body) = request.into_parts();
-            let url = url::Url::parse(&parts.uri.to_string())
-                .map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
+            let max = usize::try_from(rules.max_request_body).unwrap_or(usize::MAX);
+            let body = http_body_util::Limited::new(body, max)
+                .collect()
+                .await
+                .map_err(|_| wasmtime_wasi_http::Error::HttpRequestBodySize(None))?
+                .to_bytes()
+                .to_vec();
             let mut headers = Vec::with_capacity(parts.headers.len());
             for (name, value) in &parts.headers {
-                // Header values the broker cannot read as text are not sent.
+                // A header value the broker cannot read as text is not sent.
                 let value = value.to_str().map_err(|_| {
                     wasmtime_wasi_http::Error::InternalError(Some(format!(
                         "header `{name}` is not text"
@@ -225,26 +565,23 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
                 })?;
                 headers.push((name.as_str().to_string(), value.to_string()));
             }
-            let mut outbound = OutboundRequest {
-                method: parts.method.as_str().to_string(),
-                url,
-                headers,
-                body: Vec::new(),
-                credential: None,
+            let outbound = OutboundRequest::parse(
+                parts.method.as_str(),
+                &parts.uri.to_string(),
+                &headers,
+                body,
+                None,
+                &rules,
+            );
+            let outbound = match outbound {
+                Ok(outbound) => outbound,
+                Err(e) => {
+                    broker.count_call().map_err(to_wasi_error)?;
+                    return Err(to_wasi_error(e));
+                }
             };
-            // Decide before reading the body: a denied request costs nothing more.
-            let permit = broker
-                .authorize(outbound.capability_request())
+            let response = fetch(&broker, &*egress, &rules, outbound)
                 .await
-                .map_err(to_wasi_error)?;
-            let body = http_body_util::Limited::new(body, max_body)
-                .collect()
-                .await
-                .map_err(|_| wasmtime_wasi_http::Error::HttpRequestBodySize(None))?;
-            outbound.body = body.to_bytes().to_vec();
-            let result = egress.send(outbound).await;
-            let response = permit
-                .conclude(result, |r| Some(format!("status {}", r.status)))
                 .map_err(to_wasi_error)?;
             let mut builder = http::Response::builder().status(response.status);
             for (name, value) in &response.headers {
@@ -259,5 +596,81 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
             let io: IoFuture = Box::new(async { Ok(()) });
             Ok((response, io))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(url: &str) -> Result<String, String> {
+        canonical_url(url)
+            .map(|(_, _, d, _)| d.to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hosts_are_canonical() {
+        assert_eq!(
+            host("https://API.Example.COM./x").as_deref(),
+            Ok("api.example.com")
+        );
+        assert_eq!(
+            host("https://bücher.example/").as_deref(),
+            Ok("xn--bcher-kva.example")
+        );
+        assert_eq!(
+            host("https://ｅｘａｍｐｌｅ.com/").as_deref(),
+            Ok("example.com")
+        );
+        assert_eq!(host("https://2130706433/").as_deref(), Ok("127.0.0.1"));
+        assert_eq!(host("https://0x7f.1/").as_deref(), Ok("127.0.0.1"));
+        assert_eq!(
+            host("https://[::FFFF:127.0.0.1]/").as_deref(),
+            Ok("::ffff:127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn userinfo_schemes_and_empty_labels_are_refused() {
+        for url in [
+            "https://u:p@example.com/",
+            "https://u@example.com/",
+            "ftp://example.com/",
+            "file:///etc/passwd",
+            "https://a..b/",
+            "https://",
+        ] {
+            assert!(host(url).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn a_redirect_drops_the_credential_across_origins_and_never_downgrades() {
+        let rules = HttpRules::default();
+        let request = OutboundRequest::parse(
+            "POST",
+            "https://a.example/start",
+            &[],
+            b"body".to_vec(),
+            Some("token".into()),
+            &rules,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let same = request
+            .redirect(307, "/next", &rules)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(same.credential.as_deref(), Some("token"));
+        assert_eq!(same.method, http::Method::POST);
+        let other = request
+            .redirect(302, "https://b.example/", &rules)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(other.credential, None);
+        assert_eq!(other.method, http::Method::GET);
+        assert!(other.body.is_empty());
+        assert!(matches!(
+            request.redirect(302, "http://a.example/", &rules),
+            Err(CallError::Denied(_))
+        ));
     }
 }

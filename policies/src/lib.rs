@@ -451,6 +451,17 @@ impl Policies {
         })
     }
 
+    /// Whether one of the policies `ids` names `resource` in its scope
+    /// (`resource == ...`), rather than allowing it among others.
+    pub fn names_resource(&self, ids: &[String], resource: &ResourceInput) -> bool {
+        let uid = self.types.resource(resource);
+        ids.iter().any(|id| {
+            self.all.policy(&PolicyId::new(id)).is_some_and(|p| {
+                matches!(p.resource_constraint(), ResourceConstraint::Eq(named) if named == uid)
+            })
+        })
+    }
+
     /// Ids of every loaded policy, sorted.
     pub fn ids(&self) -> &[String] {
         &self.ids

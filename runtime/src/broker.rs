@@ -217,11 +217,26 @@ impl Broker for PolicyBroker {
                 bytes_out: long(session.bytes_out),
             },
         };
-        let answer = if self.indexed {
+        let mut answer = if self.indexed {
             self.policies.decide(prepared, &query)
         } else {
             self.policies.decide_unindexed(prepared, &query)
         };
+        let plain_http = matches!(&call, CallInput::Http { scheme, .. } if scheme == "http");
+        if answer.allowed
+            && plain_http
+            && !self.policies.names_resource(&answer.policies, &resource)
+        {
+            answer = airlock_policy::Answer {
+                allowed: false,
+                policies: Vec::new(),
+                reason: Some(
+                    "plain http is allowed only by a policy that names the host in its scope \
+                     (`resource == Airlock::Host::\"...\"`)"
+                        .to_string(),
+                ),
+            };
+        }
         Decision {
             verdict: if answer.allowed {
                 Verdict::Allow

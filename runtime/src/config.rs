@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -27,6 +28,71 @@ pub struct Config {
     /// Attributes of credentials, by name.
     pub secrets: BTreeMap<String, SecretConfig>,
     pub delegation: DelegationConfig,
+    pub egress: EgressConfig,
+}
+
+/// Outbound HTTP: limits, redirects, and the only way to reach a special
+/// address (`allow_addresses`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Special-purpose addresses (loopback, private, ...) that may be
+    /// reached anyway, as addresses or CIDR ranges. Nothing else opens that
+    /// door.
+    pub allow_addresses: Vec<String>,
+    /// Follow redirects; every hop is decided and checked again in full.
+    pub follow_redirects: bool,
+    pub max_redirects: u32,
+    pub max_request_body: u64,
+    pub max_response_body: u64,
+    /// Request headers a skill may set.
+    pub max_headers: usize,
+    /// Bytes of request header names and values.
+    pub max_header_bytes: usize,
+    /// Response headers accepted.
+    pub max_response_headers: usize,
+    /// Bytes a whole run may send out.
+    pub max_session_bytes_out: u64,
+    #[serde(with = "crate::limits::humantime_serde")]
+    pub connect_timeout: Duration,
+    /// For the whole request: resolve, connect, send, read.
+    #[serde(with = "crate::limits::humantime_serde")]
+    pub timeout: Duration,
+    /// A PEM file of CA certificates to trust besides the public roots.
+    pub extra_roots: Option<PathBuf>,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            allow_addresses: Vec::new(),
+            follow_redirects: false,
+            max_redirects: 5,
+            max_request_body: 1 << 20,
+            max_response_body: 10 << 20,
+            max_headers: 64,
+            max_header_bytes: 16 << 10,
+            max_response_headers: 100,
+            max_session_bytes_out: 10 << 20,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            extra_roots: None,
+        }
+    }
+}
+
+impl EgressConfig {
+    /// The rules the host functions apply before anything is sent.
+    pub fn rules(&self) -> airlock_host_apis::http::HttpRules {
+        airlock_host_apis::http::HttpRules {
+            follow_redirects: self.follow_redirects,
+            max_redirects: self.max_redirects,
+            max_request_body: self.max_request_body,
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
+            max_session_bytes_out: self.max_session_bytes_out,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -206,6 +272,9 @@ impl Config {
         for tool in self.tools.values_mut() {
             resolve(&mut tool.skill);
         }
+        if let Some(roots) = &mut self.egress.extra_roots {
+            resolve(roots);
+        }
     }
 
     /// Everything a file can get wrong that its types do not catch.
@@ -228,6 +297,20 @@ impl Config {
         for name in self.tools.keys() {
             if name.is_empty() {
                 return Err(Error::Config("a tool name is empty".into()));
+            }
+        }
+        crate::egress::Allowed::parse(&self.egress.allow_addresses)
+            .map_err(|e| Error::Config(format!("egress.allow_addresses: {e}")))?;
+        for name in self.hosts.keys() {
+            let canonical = airlock_host_apis::http::canonical_url(&format!("https://{name}/"))
+                .map(|(_, _, destination, _)| destination.to_string());
+            if canonical.as_deref().ok() != Some(name.as_str()) {
+                return Err(Error::Config(format!(
+                    "host `{name}` is not in canonical form (lowercase, IDNA ASCII, no trailing dot){}",
+                    canonical
+                        .map(|c| format!(": write `{c}`"))
+                        .unwrap_or_default()
+                )));
             }
         }
         if self.storage.max_key_bytes == 0 || self.storage.max_key_bytes > 180 {

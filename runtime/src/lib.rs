@@ -15,6 +15,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod digest;
+pub mod egress;
 pub mod engine;
 mod error;
 mod fsutil;

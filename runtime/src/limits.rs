@@ -49,7 +49,7 @@ impl Default for Limits {
 }
 
 /// `serde` for durations as humantime strings (`"10s"`, `"250ms"`).
-mod humantime_serde {
+pub(crate) mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -11,13 +11,14 @@ use airlock_policy::Policies;
 use crate::Error;
 use crate::broker::PolicyBroker;
 use crate::config::{Config, PolicyMode};
+use crate::egress::{HttpEgress, Resolver, SystemResolver};
 use crate::engine::{Engine, EngineConfig, LoadedSkill};
 use crate::run::{RunReport, RunRequest, Services};
 use crate::storage::{DirStorage, StorageHandle};
 use crate::tools::ToolRegistry;
 
 /// How to build a node beyond its configuration file.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct NodeOptions {
     pub engine: EngineConfig,
     /// Use this engine instead of building one from `engine` (tests share
@@ -29,6 +30,19 @@ pub struct NodeOptions {
     pub policy_dir: Option<PathBuf>,
     /// Overrides the configured policy mode.
     pub policy_mode: Option<PolicyMode>,
+    /// How host names are resolved (default: the system resolver).
+    pub resolver: Option<Arc<dyn Resolver>>,
+}
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("engine", &self.engine)
+            .field("data_dir", &self.data_dir)
+            .field("policy_dir", &self.policy_dir)
+            .field("policy_mode", &self.policy_mode)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One Airlock node.
@@ -103,11 +117,16 @@ impl Node {
             )),
             None => Arc::new(DenyAll),
         };
+        let resolver = options.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
+        let egress = Arc::new(HttpEgress::new(&config.egress, resolver)?);
+        let http_rules = Arc::new(config.egress.rules());
         Ok(Arc::new_cyclic(|node| {
             let namespaces = config.clone();
             Node {
                 services: Services {
                     broker,
+                    egress,
+                    http_rules,
                     storage,
                     namespace: Arc::new(move |subject| {
                         namespaces.namespace_for(&subject.skill.name)

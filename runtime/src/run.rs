@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use airlock_host_apis::http::{Egress, HttpCtx, NoEgress, StandardHttp};
+use airlock_host_apis::http::{Egress, HttpCtx, HttpRules, NoEgress, StandardHttp};
 use airlock_host_apis::log::{LogBuffer, LogCtx, LogLine, Source};
 use airlock_host_apis::secrets::{Credentials, NoCredentials, SecretsCtx};
 use airlock_host_apis::storage::{NoStorage, Storage, StorageCtx};
@@ -33,8 +33,8 @@ pub struct Services {
     pub namespace: Arc<dyn Fn(&Subject) -> String + Send + Sync>,
     pub credentials: Arc<dyn Credentials>,
     pub tools: Arc<dyn Tools>,
-    /// Largest request body the standard `wasi:http` path will read.
-    pub max_request_body: usize,
+    /// What outbound requests may carry.
+    pub http_rules: Arc<HttpRules>,
 }
 
 impl std::fmt::Debug for Services {
@@ -52,7 +52,7 @@ impl Default for Services {
             namespace: Arc::new(|subject: &Subject| subject.skill.name.clone()),
             credentials: Arc::new(NoCredentials),
             tools: Arc::new(NoTools),
-            max_request_body: 10 << 20,
+            http_rules: Arc::new(HttpRules::default()),
         }
     }
 }
@@ -251,12 +251,12 @@ impl Engine {
             standard_http: StandardHttp::new(
                 broker.clone(),
                 services.egress.clone(),
-                services.max_request_body,
+                services.http_rules.clone(),
             ),
             table,
             skill: SkillCtx {
                 broker,
-                http: HttpCtx::new(services.egress.clone()),
+                http: HttpCtx::new(services.egress.clone(), services.http_rules.clone()),
                 storage: StorageCtx::new(namespace, services.storage.clone()),
                 secrets: SecretsCtx::new(services.credentials.clone()),
                 tools: ToolsCtx::new(services.tools.clone()),

@@ -10,6 +10,8 @@ use airlock_runtime::engine::{Engine, EngineConfig, LoadedSkill};
 use airlock_runtime::run::{RunReport, RunRequest, Services};
 use airlock_runtime::{Config, Error, Limits, Node, NodeOptions};
 
+pub mod server;
+
 /// Paths of the guest components, and `foreach_example!` / `foreach_hostile!`.
 pub mod skills {
     include!(concat!(env!("OUT_DIR"), "/skills.rs"));
@@ -48,6 +50,24 @@ impl TestNode {
     }
 
     pub fn with_mode(config: &str, policies: &[(&str, &str)], mode: Option<PolicyMode>) -> Self {
+        Self::with_options(config, policies, mode, None)
+    }
+
+    /// With host names resolved by `resolver`.
+    pub fn with_resolver(
+        config: &str,
+        policies: &[(&str, &str)],
+        resolver: Arc<dyn airlock_runtime::egress::Resolver>,
+    ) -> Self {
+        Self::with_options(config, policies, None, Some(resolver))
+    }
+
+    fn with_options(
+        config: &str,
+        policies: &[(&str, &str)],
+        mode: Option<PolicyMode>,
+        resolver: Option<Arc<dyn airlock_runtime::egress::Resolver>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let skills_dir = std::path::Path::new(skills::HELLO).parent().unwrap();
         let config = config.replace("{skills}", &skills_dir.display().to_string());
@@ -65,6 +85,7 @@ impl TestNode {
                 shared_engine: Some(engine().clone()),
                 policy_dir: Some(policy_dir),
                 policy_mode: mode,
+                resolver,
                 ..NodeOptions::default()
             },
         )

@@ -75,11 +75,12 @@ struct CannedEgress;
 
 #[async_trait::async_trait]
 impl Egress for CannedEgress {
-    async fn send(&self, request: OutboundRequest) -> Result<InboundResponse, CallError> {
+    async fn send(&self, request: &OutboundRequest) -> Result<InboundResponse, CallError> {
         Ok(InboundResponse {
             status: 200,
             headers: vec![("content-type".into(), "text/plain".into())],
             body: format!("{} {}", request.method, request.url).into_bytes(),
+            peer: None,
         })
     }
 }

@@ -214,6 +214,7 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
         data_dir,
         policy_dir: args.policy.clone(),
         policy_mode: args.policy_mode,
+        resolver: None,
     };
     let node = Node::new(config, options)?;
     let skill = match node.load(bytes).await {

@@ -7,7 +7,8 @@
 //! value, prefix), `secrets.mint` (name, audience), `tools.invoke` (name,
 //! input), `log` (level, message), `print` (message, to stdout), `handles`
 //! (count: create and leak that many host handles), `panic` (message: trap),
-//! `timed` (key, count: time that many `storage.get` round trips).
+//! `timed` (count, and call, or key: time that many round trips of the call,
+//! or of `storage.get`).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -22,7 +23,7 @@ struct Input {
     calls: Vec<Call>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Clone)]
 #[serde(default)]
 struct Call {
     op: String,
@@ -44,8 +45,11 @@ struct Call {
     message: String,
     /// For `storage.put`: send this many bytes instead of `value`.
     size: usize,
-    /// For `handles`: how many handles to create and leak.
+    /// For `handles`: how many handles to create and leak; for `timed`,
+    /// how many times to make the call.
     count: usize,
+    /// For `timed`: the call to time (default: `storage.get` of `key`).
+    call: Option<Box<Call>>,
 }
 
 fn error(e: Error) -> Value {
@@ -116,12 +120,20 @@ fn call(c: Call) -> Value {
         }
         "panic" => panic!("{}", c.message),
         "timed" => {
-            // Round trips of `storage.get`, timed from inside the guest, and
-            // the cost of reading the clock, to subtract.
+            // Round trips of a call, timed from inside the guest, and the
+            // cost of reading the clock, to subtract.
             let mut nanos = Vec::with_capacity(c.count);
+            let inner = c.call.clone();
             for _ in 0..c.count {
                 let start = std::time::Instant::now();
-                let _ = storage::get(&c.key);
+                match &inner {
+                    Some(inner) => {
+                        let _ = call((**inner).clone());
+                    }
+                    None => {
+                        let _ = storage::get(&c.key);
+                    }
+                }
                 nanos.push(start.elapsed().as_nanos() as u64);
             }
             let mut clock = Vec::with_capacity(c.count);
