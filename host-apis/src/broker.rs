@@ -121,6 +121,7 @@ pub enum Details {
     Http {
         method: String,
         scheme: String,
+        host: String,
         port: u16,
         path: String,
     },
@@ -352,6 +353,15 @@ pub struct Delegation {
     pub depth: u32,
     /// Names of the calling skills, outermost first.
     pub chain: Vec<String>,
+    /// The calling instances, outermost first (for identity tokens' `act`).
+    pub callers: Vec<CallerInstance>,
+}
+
+/// One calling instance in a delegation chain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CallerInstance {
+    pub digest: String,
+    pub instance: String,
 }
 
 /// Who is making a call: everything here is built by the host, never by the guest.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::bindings::airlock::skill::http::{self as wit, Host};
 use crate::broker::{Action, BrokerCtx, CapabilityRequest, Details, Resource};
+use crate::secrets::{Credentials, leak_refusal};
 use crate::{CallError, SkillCtx};
 
 /// The two schemes a skill may use. `http` only where policy names the host.
@@ -85,6 +86,10 @@ pub struct OutboundRequest {
     /// A credential for the broker to attach, by name.
     pub credential: Option<String>,
 }
+
+/// The request header that names a credential on the standard `wasi:http`
+/// path. The broker strips it; it is never sent.
+pub const CREDENTIAL_HEADER: &str = "airlock-credential";
 
 /// Headers a guest may not set: the broker sets what is needed, and the
 /// runtime frames the request itself.
@@ -193,6 +198,11 @@ impl OutboundRequest {
             let shown = crate::escape(name, 60);
             let header = http::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(format!("`{shown}` is not a valid header name")))?;
+            if header.as_str() == CREDENTIAL_HEADER {
+                return Err(invalid(format!(
+                    "header `{header}` names a credential for the broker: put the name in the request's `credential`"
+                )));
+            }
             if is_broker_header(header.as_str()) {
                 return Err(invalid(format!(
                     "header `{header}` is set by the broker, not by a skill"
@@ -241,13 +251,50 @@ impl OutboundRequest {
         CapabilityRequest {
             action: Action::HttpRequest,
             resource: Resource::Host { name: self.host() },
-            details: Details::Http {
-                method: self.method.as_str().to_string(),
-                scheme: self.scheme.as_str().to_string(),
-                port: self.port,
-                path: self.url.path().to_string(),
-            },
+            details: self.details(),
         }
+    }
+
+    fn details(&self) -> Details {
+        Details::Http {
+            method: self.method.as_str().to_string(),
+            scheme: self.scheme.as_str().to_string(),
+            host: self.host(),
+            port: self.port,
+            path: self.url.path().to_string(),
+        }
+    }
+
+    /// The broker's view of attaching credential `name` to this request.
+    pub fn secret_use_request(&self, name: &str) -> CapabilityRequest {
+        CapabilityRequest {
+            action: Action::SecretUse,
+            resource: Resource::Secret {
+                name: name.to_string(),
+            },
+            details: self.details(),
+        }
+    }
+
+    /// The first live credential value the guest put anywhere in this
+    /// request: URL, header or body.
+    fn leak(&self, credentials: &dyn Credentials, instance: &str) -> Option<(String, &'static str)> {
+        let host = self.host();
+        let host = Some(host.as_str());
+        if let Some(name) = credentials.leak(instance, self.url.as_str().as_bytes(), host) {
+            return Some((name, "the request URL"));
+        }
+        for (name, value) in &self.headers {
+            let found = credentials
+                .leak(instance, name.as_str().as_bytes(), host)
+                .or_else(|| credentials.leak(instance, value.as_bytes(), host));
+            if let Some(found) = found {
+                return Some((found, "a request header"));
+            }
+        }
+        credentials
+            .leak(instance, &self.body, host)
+            .map(|name| (name, "the request body"))
     }
 
     /// Bytes this request sends: request line, headers and body.
@@ -346,15 +393,53 @@ impl InboundResponse {
     }
 }
 
+/// What a request goes out with.
+#[derive(Clone, Copy)]
+pub struct Outbound<'a> {
+    pub egress: &'a dyn Egress,
+    pub credentials: &'a dyn Credentials,
+    pub rules: &'a HttpRules,
+}
+
+impl fmt::Debug for Outbound<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbound")
+            .field("rules", self.rules)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboundResponse {
+    /// Replace every live credential value the response carries: a server
+    /// that echoes what it was sent must not hand a secret to the guest.
+    fn redact(&mut self, credentials: &dyn Credentials, instance: &str) {
+        for (_, value) in &mut self.headers {
+            if let Some(clean) = credentials.redact(instance, value.as_bytes()) {
+                *value = String::from_utf8_lossy(&clean).into_owned();
+            }
+        }
+        if let Some(clean) = credentials.redact(instance, &self.body) {
+            self.body = clean;
+        }
+    }
+}
+
 /// Decide, send and (if the operator allows) follow redirects, each hop
 /// decided and checked as a new request. The one path both `http.fetch` and
 /// the standard `wasi:http` handler take.
+///
+/// A hop is: `http.request` decided; the guest's URL, headers and body
+/// scanned for live credential values; the named credential decided
+/// (`secret.use`, with the destination), checked against its binding and
+/// lease and attached host-side; the request sent; the response cleaned of
+/// any credential it echoes.
 pub async fn fetch(
     broker: &BrokerCtx,
-    egress: &dyn Egress,
-    rules: &HttpRules,
+    out: Outbound<'_>,
     mut request: OutboundRequest,
 ) -> Result<InboundResponse, CallError> {
+    let instance = broker.subject().instance.as_str();
+    let rules = out.rules;
     let mut hops = 0;
     loop {
         if request.scheme == Scheme::Http && request.credential.is_some() {
@@ -362,6 +447,26 @@ pub async fn fetch(
             return Err(invalid("a credential is never sent over plain http"));
         }
         let permit = broker.authorize(request.capability_request()).await?;
+        if let Some((name, place)) = request.leak(out.credentials, instance) {
+            return permit.conclude(Err(leak_refusal(&name, place)), |_: &InboundResponse| {
+                None
+            });
+        }
+        let attached = match &request.credential {
+            Some(name) => {
+                let use_permit = broker.authorize(request.secret_use_request(name)).await?;
+                let attached = out
+                    .credentials
+                    .attach(broker.subject(), name, &request)
+                    .await;
+                let attached = use_permit.conclude(attached, |a| {
+                    Some(format!("attached as `{}` for {}", a.header, request.host()))
+                })?;
+                broker.session().lock().secrets_used.insert(name.clone());
+                Some(attached)
+            }
+            None => None,
+        };
         let size = request.size();
         {
             let mut session = broker.session().lock();
@@ -379,8 +484,25 @@ pub async fn fetch(
             session.bytes_out += size;
             session.hosts_contacted.insert(request.host());
         }
-        let result = egress.send(&request).await;
-        let response = permit.conclude(result, |r| Some(r.access()))?;
+        let result = match attached {
+            Some(attached) => {
+                let mut sending = request.clone();
+                sending.headers.retain(|(n, _)| *n != attached.header);
+                let mut value = http::HeaderValue::from_str(attached.value.expose())
+                    .map_err(|_| {
+                        CallError::Unavailable(format!(
+                            "credential `{}` has a value a header cannot carry",
+                            request.credential.as_deref().unwrap_or_default()
+                        ))
+                    })?;
+                value.set_sensitive(true);
+                sending.headers.push((attached.header, value));
+                out.egress.send(&sending).await
+            }
+            None => out.egress.send(&request).await,
+        };
+        let mut response = permit.conclude(result, |r| Some(r.access()))?;
+        response.redact(out.credentials, instance);
         let redirect = matches!(response.status, 301 | 302 | 303 | 307 | 308);
         let Some(location) = response
             .location()
@@ -424,6 +546,7 @@ impl Egress for NoEgress {
 /// Per-instance state of `airlock:skill/http`.
 pub struct HttpCtx {
     egress: Arc<dyn Egress>,
+    credentials: Arc<dyn Credentials>,
     rules: Arc<HttpRules>,
 }
 
@@ -434,8 +557,24 @@ impl fmt::Debug for HttpCtx {
 }
 
 impl HttpCtx {
-    pub fn new(egress: Arc<dyn Egress>, rules: Arc<HttpRules>) -> Self {
-        HttpCtx { egress, rules }
+    pub fn new(
+        egress: Arc<dyn Egress>,
+        credentials: Arc<dyn Credentials>,
+        rules: Arc<HttpRules>,
+    ) -> Self {
+        HttpCtx {
+            egress,
+            credentials,
+            rules,
+        }
+    }
+
+    fn outbound(&self) -> Outbound<'_> {
+        Outbound {
+            egress: &*self.egress,
+            credentials: &*self.credentials,
+            rules: &self.rules,
+        }
     }
 
     pub fn egress(&self) -> &Arc<dyn Egress> {
@@ -460,7 +599,7 @@ impl Host for SkillCtx {
                 return Err(e);
             }
         };
-        let response = fetch(&self.broker, &*self.http.egress, &self.http.rules, request).await?;
+        let response = fetch(&self.broker, self.http.outbound(), request).await?;
         Ok(wit::Response {
             status: response.status,
             headers: response.headers,
@@ -476,8 +615,7 @@ impl Host for SkillCtx {
 /// only way a request leaves.
 pub struct StandardHttp {
     broker: crate::BrokerCtx,
-    egress: Arc<dyn Egress>,
-    rules: Arc<HttpRules>,
+    http: Arc<HttpCtx>,
 }
 
 impl fmt::Debug for StandardHttp {
@@ -487,12 +625,8 @@ impl fmt::Debug for StandardHttp {
 }
 
 impl StandardHttp {
-    pub fn new(broker: crate::BrokerCtx, egress: Arc<dyn Egress>, rules: Arc<HttpRules>) -> Self {
-        StandardHttp {
-            broker,
-            egress,
-            rules,
-        }
+    pub fn new(broker: crate::BrokerCtx, http: Arc<HttpCtx>) -> Self {
+        StandardHttp { broker, http }
     }
 }
 
@@ -544,9 +678,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
         use http_body_util::BodyExt;
 
         let broker = self.broker.clone();
-        let egress = self.egress.clone();
-        let rules = self.rules.clone();
+        let http = self.http.clone();
         Box::new(async move {
+            let rules = &http.rules;
             let (parts, body) = request.into_parts();
             let max = usize::try_from(rules.max_request_body).unwrap_or(usize::MAX);
             let body = http_body_util::Limited::new(body, max)
@@ -556,6 +690,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
                 .to_bytes()
                 .to_vec();
             let mut headers = Vec::with_capacity(parts.headers.len());
+            let mut credential = None;
             for (name, value) in &parts.headers {
                 // A header value the broker cannot read as text is not sent.
                 let value = value.to_str().map_err(|_| {
@@ -563,6 +698,11 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
                         "header `{name}` is not text"
                     )))
                 })?;
+                if name.as_str() == CREDENTIAL_HEADER {
+                    // Names a credential for the broker; never sent.
+                    credential = Some(value.to_string());
+                    continue;
+                }
                 headers.push((name.as_str().to_string(), value.to_string()));
             }
             let outbound = OutboundRequest::parse(
@@ -570,8 +710,8 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
                 &parts.uri.to_string(),
                 &headers,
                 body,
-                None,
-                &rules,
+                credential,
+                rules,
             );
             let outbound = match outbound {
                 Ok(outbound) => outbound,
@@ -580,7 +720,7 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
                     return Err(to_wasi_error(e));
                 }
             };
-            let response = fetch(&broker, &*egress, &rules, outbound)
+            let response = fetch(&broker, http.outbound(), outbound)
                 .await
                 .map_err(to_wasi_error)?;
             let mut builder = http::Response::builder().status(response.status);

@@ -25,7 +25,8 @@ mod types;
 use std::fmt;
 
 pub use broker::{
-    Action, AgentIdentity, Broker, BrokerCtx, CallBudget, CallRecord, CapabilityRequest, Decision,
+    Action, AgentIdentity, Broker, BrokerCtx, CallBudget, CallRecord, CallerInstance,
+    CapabilityRequest, Decision,
     Delegation, DenyAll, Details, Ledger, Mode, Outcome, Permit, Prepared, Resource, Sensitivity,
     Session, SessionState, SkillIdentity, Subject, Task, Trust, Verdict,
 };
@@ -129,7 +130,7 @@ pub enum Error {
 #[derive(Debug)]
 pub struct SkillCtx {
     pub broker: BrokerCtx,
-    pub http: http::HttpCtx,
+    pub http: std::sync::Arc<http::HttpCtx>,
     pub storage: storage::StorageCtx,
     pub secrets: secrets::SecretsCtx,
     pub tools: tools::ToolsCtx,

@@ -125,6 +125,19 @@ impl Host for SkillCtx {
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), CallError> {
         let request = self.storage.request(Action::StorageWrite, &key);
         let permit = self.broker.authorize(request).await?;
+        let credentials = self.secrets.credentials();
+        let instance = &self.broker.subject().instance;
+        let leak = credentials
+            .leak(instance, key.as_bytes(), None)
+            .map(|name| (name, "the storage key"))
+            .or_else(|| {
+                credentials
+                    .leak(instance, &value, None)
+                    .map(|name| (name, "the stored value"))
+            });
+        if let Some((name, place)) = leak {
+            return permit.conclude(Err(crate::secrets::leak_refusal(&name, place)), |()| None);
+        }
         let size = value.len();
         let result = self
             .storage

@@ -79,6 +79,17 @@ impl Host for SkillCtx {
             },
         };
         let permit = self.broker.authorize(request).await?;
+        let leak = self.secrets.credentials().leak(
+            &self.broker.subject().instance,
+            input.as_bytes(),
+            None,
+        );
+        if let Some(name) = leak {
+            return permit.conclude(
+                Err(crate::secrets::leak_refusal(&name, "the tool input")),
+                |_: &String| None,
+            );
+        }
         let caller = Caller {
             subject: self.broker.subject().clone(),
             broker: self.broker.broker().clone(),

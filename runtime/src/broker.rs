@@ -121,7 +121,7 @@ impl PolicyBroker {
                 name: name.clone(),
                 classification: self
                     .config
-                    .secrets
+                    .credentials
                     .get(name)
                     .map_or_else(|| "secret".to_string(), |s| s.classification.clone()),
             },
@@ -146,15 +146,16 @@ impl PolicyBroker {
             // A credential's destination does not include the method.
             (
                 Details::Http {
-                    scheme, port, path, ..
+                    scheme,
+                    host,
+                    port,
+                    path,
+                    ..
                 },
                 Action::SecretUse,
             ) => CallInput::SecretUse {
                 scheme: scheme.clone(),
-                host: match &request.resource {
-                    Resource::Host { name } => name.clone(),
-                    _ => String::new(),
-                },
+                host: host.clone(),
                 port: i64::from(*port),
                 path: path.clone(),
             },
@@ -164,6 +165,7 @@ impl PolicyBroker {
                     scheme,
                     port,
                     path,
+                    ..
                 },
                 _,
             ) => CallInput::Http {

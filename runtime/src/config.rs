@@ -25,8 +25,10 @@ pub struct Config {
     pub hosts: BTreeMap<String, HostConfig>,
     /// Skills registered as named tools.
     pub tools: BTreeMap<String, ToolConfig>,
-    /// Attributes of credentials, by name.
-    pub secrets: BTreeMap<String, SecretConfig>,
+    /// Credentials the broker attaches or mints, by name.
+    pub credentials: BTreeMap<String, CredentialConfig>,
+    /// The runtime as an issuer of workload identity.
+    pub identity: IdentityConfig,
     pub delegation: DelegationConfig,
     pub egress: EgressConfig,
 }
@@ -207,11 +209,87 @@ impl Risk {
     }
 }
 
+/// The runtime as an issuer of workload identity tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// The SPIFFE trust domain: `spiffe://<trust_domain>/skill/...`.
+    pub trust_domain: String,
+    /// The `iss` of every token: the URL `airlock serve` is reached at, where
+    /// `/.well-known/openid-configuration` is served.
+    pub issuer: String,
+    /// No token lives longer than this; a retired key is kept this long.
+    #[serde(with = "crate::limits::humantime_serde")]
+    pub max_token_ttl: Duration,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            trust_domain: "airlock.local".into(),
+            issuer: "http://127.0.0.1:8480".into(),
+            max_token_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What a credential is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// A stored secret, from an environment variable or a file.
+    Static,
+    /// A JWT the runtime signs for the instance.
+    Minted,
+    /// A downstream token from an RFC 8693 token exchange.
+    Exchanged,
+}
+
+/// One credential, configured by the operator. A skill only ever names it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SecretConfig {
+pub struct CredentialConfig {
+    pub kind: CredentialKind,
+    /// Where it may be sent: `scheme://host[:port][/path-prefix]`.
+    pub destination: String,
+    /// The header it is sent in.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// The header value, `{}` standing for the credential.
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// For `static`: the environment variable holding the value.
+    pub env: Option<String>,
+    /// For `static`: the file holding the value (trailing newline dropped).
+    pub file: Option<PathBuf>,
+    /// For `minted` and `exchanged`: the audience (default: the
+    /// destination's origin).
+    pub audience: Option<String>,
+    /// For `exchanged`: the RFC 8693 token endpoint.
+    pub token_endpoint: Option<String>,
+    /// For `exchanged`: the RFC 7009 revocation endpoint, if it has one.
+    pub revocation_endpoint: Option<String>,
+    /// For `exchanged`: the scope to ask for.
+    pub scope: Option<String>,
+    /// For `exchanged`: the client id, sent with the exchange.
+    pub client_id: Option<String>,
+    /// How long a lease lasts (never past the instance's deadline). Default:
+    /// the instance's deadline.
+    #[serde(default, with = "crate::limits::humantime_serde::option")]
+    pub ttl: Option<Duration>,
+    /// Skills that may use it, by name. Default: any skill policy allows.
+    pub skills: Option<Vec<String>>,
+    /// Classification policies see on the `Secret`.
     #[serde(default = "default_classification")]
     pub classification: String,
+}
+
+fn default_header() -> String {
+    "authorization".to_string()
+}
+
+fn default_format() -> String {
+    "Bearer {}".to_string()
 }
 
 fn default_classification() -> String {
@@ -275,6 +353,11 @@ impl Config {
         if let Some(roots) = &mut self.egress.extra_roots {
             resolve(roots);
         }
+        for credential in self.credentials.values_mut() {
+            if let Some(file) = &mut credential.file {
+                resolve(file);
+            }
+        }
     }
 
     /// Everything a file can get wrong that its types do not catch.
@@ -312,6 +395,22 @@ impl Config {
                         .unwrap_or_default()
                 )));
             }
+        }
+        for (name, credential) in &self.credentials {
+            crate::credentials::check(name, credential)
+                .map_err(|e| Error::Config(format!("credentials.{name}: {e}")))?;
+        }
+        if self.identity.trust_domain.is_empty()
+            || !self
+                .identity
+                .trust_domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
+            return Err(Error::Config(format!(
+                "identity.trust_domain `{}` must be a lowercase DNS-like name",
+                self.identity.trust_domain
+            )));
         }
         if self.storage.max_key_bytes == 0 || self.storage.max_key_bytes > 180 {
             return Err(Error::Config(

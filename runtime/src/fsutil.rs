@@ -24,3 +24,15 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .map_err(|e| Error::io(context(), e.error))?;
     Ok(())
 }
+
+/// Create `dir` (and its parents) if missing, accessible by the owner only.
+pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating `{}`", dir.display()), e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("securing `{}`", dir.display()), e))?;
+    }
+    Ok(())
+}

@@ -8,17 +8,21 @@
 //! - [`node`]: a [`Node`] puts the engine together with the broker
 //!   ([`broker`], on [`airlock_policy`]), [`storage`], [`tools`] and the
 //!   [`config`].
+//! - [`identity`]: the runtime as an issuer of workload identity tokens,
+//!   and [`credentials`]: leases on credentials, attached by the broker.
 //! - [`cli`]: the `airlock` command.
 
 pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod digest;
 pub mod egress;
 pub mod engine;
 mod error;
 mod fsutil;
+pub mod identity;
 pub mod inspect;
 mod instance;
 pub mod limits;

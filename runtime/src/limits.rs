@@ -62,6 +62,19 @@ pub(crate) mod humantime_serde {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text).map_err(serde::de::Error::custom)
     }
+
+    /// For optional durations.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer};
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let text = Option::<String>::deserialize(d)?;
+            text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
 }
 
 /// Enforces memory, table and instance limits for one store, and remembers

@@ -11,6 +11,8 @@ use airlock_policy::Policies;
 use crate::Error;
 use crate::broker::PolicyBroker;
 use crate::config::{Config, PolicyMode};
+use crate::credentials::Vault;
+use crate::identity::Issuer;
 use crate::egress::{HttpEgress, Resolver, SystemResolver};
 use crate::engine::{Engine, EngineConfig, LoadedSkill};
 use crate::run::{RunReport, RunRequest, Services};
@@ -48,6 +50,7 @@ impl std::fmt::Debug for NodeOptions {
 /// One Airlock node.
 pub struct Node {
     engine: Arc<Engine>,
+    vault: Arc<Vault>,
     services: Services,
     config: Arc<Config>,
     policies: Option<Arc<Policies>>,
@@ -118,7 +121,23 @@ impl Node {
             None => Arc::new(DenyAll),
         };
         let resolver = options.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
-        let egress = Arc::new(HttpEgress::new(&config.egress, resolver)?);
+        let egress = Arc::new(HttpEgress::new(&config.egress, resolver.clone())?);
+        let issuer = match &config.data_dir {
+            Some(dir) => Issuer::open(dir, config.identity.clone())?,
+            None => Issuer::ephemeral(config.identity.clone()),
+        };
+        // The operator's own token endpoints: trusted, wherever they are.
+        let operator = crate::config::EgressConfig {
+            allow_addresses: vec!["0.0.0.0/0".into(), "::/0".into()],
+            ..config.egress.clone()
+        };
+        let operator = Arc::new(HttpEgress::new(&operator, resolver)?);
+        let vault = Arc::new(Vault::new(
+            &config,
+            issuer.clone(),
+            operator,
+            config.data_dir.as_deref(),
+        )?);
         let http_rules = Arc::new(config.egress.rules());
         Ok(Arc::new_cyclic(|node| {
             let namespaces = config.clone();
@@ -132,9 +151,10 @@ impl Node {
                         namespaces.namespace_for(&subject.skill.name)
                     }),
                     tools: Arc::new(ToolRegistry::new(node.clone(), config.clone())),
-                    ..Services::default()
+                    credentials: vault.clone(),
                 },
                 engine,
+                vault,
                 config,
                 policies,
             }
@@ -147,6 +167,21 @@ impl Node {
 
     pub fn services(&self) -> &Services {
         &self.services
+    }
+
+    /// The credential vault: leases by instance.
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    /// The identity issuer: keys, signing, introspection.
+    pub fn issuer(&self) -> &Arc<Issuer> {
+        self.vault.issuer()
+    }
+
+    /// The verification endpoints (OIDC discovery, JWKS, introspection).
+    pub fn identity_router(&self) -> axum::Router {
+        crate::identity::server::router(self.issuer().clone())
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -166,6 +201,7 @@ impl Node {
             services.tools = Arc::new(ToolRegistry::new(node.clone(), self.config.clone()));
             Node {
                 engine: self.engine.clone(),
+                vault: self.vault.clone(),
                 services,
                 config: self.config.clone(),
                 policies: self.policies.clone(),

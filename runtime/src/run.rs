@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use airlock_host_apis::http::{Egress, HttpCtx, HttpRules, NoEgress, StandardHttp};
 use airlock_host_apis::log::{LogBuffer, LogCtx, LogLine, Source};
-use airlock_host_apis::secrets::{Credentials, NoCredentials, SecretsCtx};
+use airlock_host_apis::secrets::{Credentials, NoCredentials, SecretsCtx, redact_text};
 use airlock_host_apis::storage::{NoStorage, Storage, StorageCtx};
 use airlock_host_apis::tools::{NoTools, Tools, ToolsCtx};
 use airlock_host_apis::{
@@ -118,6 +118,32 @@ pub struct RunReport {
     pub session: SessionState,
     pub logs: Vec<LogLine>,
     pub logs_dropped: u64,
+}
+
+/// How long a run waits for its credentials to be revoked at their issuers.
+const REVOCATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The instance's hold on its credentials, released however the run ends.
+struct Held {
+    credentials: Arc<dyn Credentials>,
+    instance: Option<String>,
+}
+
+impl Held {
+    fn end(&mut self) -> Option<airlock_host_apis::secrets::Revocation> {
+        let instance = self.instance.take()?;
+        self.credentials.ended(&instance)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(revocation) = self.end() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(revocation);
+            }
+        }
+    }
 }
 
 /// A fresh instance id: 128 random bits, hex.
@@ -240,6 +266,20 @@ impl Engine {
             budget.clone(),
         );
         let namespace = (services.namespace)(&subject);
+        // Whatever way the run ends (even dropped mid-call), the instance's
+        // credentials end with it.
+        services
+            .credentials
+            .started(&subject, std::time::SystemTime::now() + limits.deadline);
+        let mut held = Held {
+            credentials: services.credentials.clone(),
+            instance: Some(instance.clone()),
+        };
+        let http = Arc::new(HttpCtx::new(
+            services.egress.clone(),
+            services.credentials.clone(),
+            services.http_rules.clone(),
+        ));
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.resource_table as usize);
         let state = InstanceState {
@@ -248,15 +288,11 @@ impl Engine {
                 .stderr(logs.pipe(Source::Stderr))
                 .build(),
             http: WasiHttpCtx::new(),
-            standard_http: StandardHttp::new(
-                broker.clone(),
-                services.egress.clone(),
-                services.http_rules.clone(),
-            ),
+            standard_http: StandardHttp::new(broker.clone(), http.clone()),
             table,
             skill: SkillCtx {
                 broker,
-                http: HttpCtx::new(services.egress.clone(), services.http_rules.clone()),
+                http,
                 storage: StorageCtx::new(namespace, services.storage.clone()),
                 secrets: SecretsCtx::new(services.credentials.clone()),
                 tools: ToolsCtx::new(services.tools.clone()),
@@ -330,7 +366,29 @@ impl Engine {
         };
         let peak_memory_bytes = store.data().limiter.peak_memory();
         drop(store);
-        let (logs, logs_dropped) = logs.drain();
+        let (mut logs, logs_dropped) = logs.drain();
+        // Nothing the skill shows may carry a live credential value.
+        let credentials = &*services.credentials;
+        let clean = |text: String| redact_text(credentials, &instance, text);
+        let output = output.map(clean);
+        let error = error.map(|mut e| {
+            e.message = clean(e.message);
+            e
+        });
+        for line in &mut logs {
+            line.message = clean(std::mem::take(&mut line.message));
+        }
+        let mut decisions = ledger.records();
+        for record in &mut decisions {
+            if let airlock_host_apis::Outcome::Failed { error } = &mut record.outcome {
+                *error = clean(std::mem::take(error));
+            }
+        }
+        if let Some(revocation) = held.end() {
+            if tokio::time::timeout(REVOCATION_WAIT, revocation).await.is_err() {
+                tracing::warn!(instance = %instance, "revoking credentials at their issuers took too long");
+            }
+        }
         RunReport {
             instance,
             skill: subject.skill.name.clone(),
@@ -343,7 +401,7 @@ impl Engine {
                 host_calls: budget.made(),
                 compile: skill.source,
             },
-            decisions: ledger.records(),
+            decisions,
             session: session_view.snapshot(),
             logs,
             logs_dropped,

@@ -118,6 +118,11 @@ impl Tools for ToolRegistry {
         let from = &caller.subject;
         let mut chain = from.delegation.chain.clone();
         chain.push(from.skill.name.clone());
+        let mut callers = from.delegation.callers.clone();
+        callers.push(airlock_host_apis::broker::CallerInstance {
+            digest: from.skill.digest.clone(),
+            instance: from.instance.clone(),
+        });
         if chain.iter().any(|s| s == name) {
             return Err(CallError::Denied(format!(
                 "tool `{name}` is already running in this chain ({} -> {name}): cycles are refused",
@@ -143,7 +148,11 @@ impl Tools for ToolRegistry {
             },
             agent: from.agent.clone(),
             task: from.task.clone(),
-            delegation: Delegation { depth, chain },
+            delegation: Delegation {
+                depth,
+                chain,
+                callers,
+            },
         };
         let mut services = node.services().clone();
         services.broker = Arc::new(DelegatedBroker::new(
