@@ -278,7 +278,11 @@ impl OutboundRequest {
 
     /// The first live credential value the guest put anywhere in this
     /// request: URL, header or body.
-    fn leak(&self, credentials: &dyn Credentials, instance: &str) -> Option<(String, &'static str)> {
+    fn leak(
+        &self,
+        credentials: &dyn Credentials,
+        instance: &str,
+    ) -> Option<(String, &'static str)> {
         let host = self.host();
         let host = Some(host.as_str());
         if let Some(name) = credentials.leak(instance, self.url.as_str().as_bytes(), host) {
@@ -448,9 +452,7 @@ pub async fn fetch(
         }
         let permit = broker.authorize(request.capability_request()).await?;
         if let Some((name, place)) = request.leak(out.credentials, instance) {
-            return permit.conclude(Err(leak_refusal(&name, place)), |_: &InboundResponse| {
-                None
-            });
+            return permit.conclude(Err(leak_refusal(&name, place)), |_: &InboundResponse| None);
         }
         let attached = match &request.credential {
             Some(name) => {
@@ -488,8 +490,8 @@ pub async fn fetch(
             Some(attached) => {
                 let mut sending = request.clone();
                 sending.headers.retain(|(n, _)| *n != attached.header);
-                let mut value = http::HeaderValue::from_str(attached.value.expose())
-                    .map_err(|_| {
+                let mut value =
+                    http::HeaderValue::from_str(attached.value.expose()).map_err(|_| {
                         CallError::Unavailable(format!(
                             "credential `{}` has a value a header cannot carry",
                             request.credential.as_deref().unwrap_or_default()

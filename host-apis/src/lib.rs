@@ -26,9 +26,9 @@ use std::fmt;
 
 pub use broker::{
     Action, AgentIdentity, Broker, BrokerCtx, CallBudget, CallRecord, CallerInstance,
-    CapabilityRequest, Decision,
-    Delegation, DenyAll, Details, Ledger, Mode, Outcome, Permit, Prepared, Resource, Sensitivity,
-    Session, SessionState, SkillIdentity, Subject, Task, Trust, Verdict,
+    CapabilityRequest, Decision, Delegation, DenyAll, Details, Ledger, Mode, Outcome, Permit,
+    Prepared, Resource, Sensitivity, Session, SessionState, SkillIdentity, Subject, Task, Trust,
+    Verdict,
 };
 pub use stack::{OnThreadStack, ThreadStack};
 

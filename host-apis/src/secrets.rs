@@ -72,8 +72,12 @@ pub trait Credentials: Send + Sync + 'static {
     /// A token for credential `name`, bound to `audience`, to hand to the
     /// skill (after policy allowed `secret.mint`). Revoked when the instance
     /// ends.
-    async fn mint(&self, subject: &Subject, name: &str, audience: &str)
-    -> Result<String, CallError>;
+    async fn mint(
+        &self,
+        subject: &Subject,
+        name: &str,
+        audience: &str,
+    ) -> Result<String, CallError>;
 
     /// Credential `name` for `request` (after policy allowed `secret.use`):
     /// checks its binding to the destination and its lease's expiry, now.

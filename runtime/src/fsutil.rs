@@ -27,7 +27,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 /// Create `dir` (and its parents) if missing, accessible by the owner only.
 pub fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating `{}`", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating `{}`", dir.display()), e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -385,7 +385,10 @@ impl Engine {
             }
         }
         if let Some(revocation) = held.end() {
-            if tokio::time::timeout(REVOCATION_WAIT, revocation).await.is_err() {
+            if tokio::time::timeout(REVOCATION_WAIT, revocation)
+                .await
+                .is_err()
+            {
                 tracing::warn!(instance = %instance, "revoking credentials at their issuers took too long");
             }
         }

@@ -79,6 +79,7 @@ impl TestNode {
             std::fs::write(policy_dir.join(name), text).unwrap();
         }
         config.storage.root = Some(dir.path().join("storage"));
+        config.data_dir = Some(dir.path().join("data"));
         let node = Node::new(
             config,
             NodeOptions {
@@ -95,12 +96,25 @@ impl TestNode {
 
     /// Run a guest as `agent` with `trust`.
     pub async fn run(&self, path: &str, input: &str, trust: Trust) -> RunReport {
+        self.run_limited(path, input, trust, Limits::default())
+            .await
+    }
+
+    /// Run a guest as `agent` with `trust`, under `limits`.
+    pub async fn run_limited(
+        &self,
+        path: &str,
+        input: &str,
+        trust: Trust,
+        limits: Limits,
+    ) -> RunReport {
         let skill = self
             .node
             .load(wasm(path))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let mut req = request(name_of(path), input);
+        req.limits = limits;
         req.subject.agent = AgentIdentity {
             id: "agent-1".into(),
             trust,

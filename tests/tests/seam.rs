@@ -97,6 +97,29 @@ impl Credentials for FixedToken {
     ) -> Result<String, CallError> {
         Ok(format!("token:{name}:{audience}:{}", subject.instance))
     }
+
+    fn started(&self, _: &Subject, _: std::time::SystemTime) {}
+
+    async fn attach(
+        &self,
+        _: &Subject,
+        name: &str,
+        _: &OutboundRequest,
+    ) -> Result<airlock_host_apis::secrets::Attached, CallError> {
+        Err(airlock_host_apis::secrets::unknown_credential(name))
+    }
+
+    fn leak(&self, _: &str, _: &[u8], _: Option<&str>) -> Option<String> {
+        None
+    }
+
+    fn redact(&self, _: &str, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn ended(&self, _: &str) -> Option<airlock_host_apis::secrets::Revocation> {
+        None
+    }
 }
 
 struct Echo;

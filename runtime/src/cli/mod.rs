@@ -1,5 +1,6 @@
 //! The `airlock` command: thin glue over the library.
 
+mod identity;
 mod policy;
 mod run;
 
@@ -32,6 +33,11 @@ enum Command {
     Run(Box<run::RunArgs>),
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The runtime's workload identity: its signing keys.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
+    /// Serve the verification endpoints for the runtime's identity tokens.
+    Serve(identity::ServeArgs),
 }
 
 /// A failure of the command itself, with the exit code it maps to.
@@ -119,6 +125,16 @@ pub fn main() -> ExitCode {
                 run::run(args, config, data_dir).await
             }
             Command::Policy(command) => policy::run(command),
+            Command::Identity(command) => {
+                let config = config?;
+                let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
+                identity::run(command, &config, data_dir)
+            }
+            Command::Serve(args) => {
+                let config = config?;
+                let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
+                identity::serve(args, config, data_dir).await
+            }
         }
     });
     match result {

@@ -150,7 +150,9 @@ impl Exchanger {
         until: SystemTime,
     ) -> Result<(SecretValue, Option<Duration>, Option<Pending>), CallError> {
         let failed = |why: String| {
-            CallError::Unavailable(format!("the token exchange for credential `{name}` failed: {why}"))
+            CallError::Unavailable(format!(
+                "the token exchange for credential `{name}` failed: {why}"
+            ))
         };
         let mut pairs = vec![
             ("grant_type", TOKEN_EXCHANGE),
@@ -244,7 +246,10 @@ impl Exchanger {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         if !left.is_empty() {
-            tracing::info!(tokens = left.len(), "retrying token revocations left by an earlier run");
+            tracing::info!(
+                tokens = left.len(),
+                "retrying token revocations left by an earlier run"
+            );
             self.revoke_later(left);
         }
     }

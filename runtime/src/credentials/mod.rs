@@ -174,6 +174,7 @@ struct Lease {
 
 /// What one running instance holds.
 struct Held {
+    skill: String,
     deadline: SystemTime,
     leases: HashMap<String, Lease>,
     tokens: Vec<Live>,
@@ -220,7 +221,10 @@ fn read_static(name: &str, config: &CredentialConfig) -> Option<SecretValue> {
     match value {
         Some(v) if !v.is_empty() => Some(SecretValue::new(v)),
         _ => {
-            tracing::warn!(credential = name, "static credential has no value; it is unavailable");
+            tracing::warn!(
+                credential = name,
+                "static credential has no value; it is unavailable"
+            );
             None
         }
     }
@@ -413,6 +417,7 @@ impl Credentials for Vault {
         self.held().insert(
             subject.instance.clone(),
             Held {
+                skill: subject.skill.name.clone(),
                 deadline,
                 leases: HashMap::new(),
                 tokens: Vec::new(),
@@ -507,22 +512,26 @@ impl Credentials for Vault {
     }
 
     fn leak(&self, instance: &str, data: &[u8], host: Option<&str>) -> Option<String> {
-        if let Some(name) = self
+        let found = self
             .statics_scanner
             .as_ref()
-            .and_then(|s| s.leak(data, None))
-        {
-            return Some(name);
-        }
+            .and_then(|s| s.leak(data, None));
         let held = self.held();
-        held.get(instance)?.scanner.as_ref()?.leak(data, host)
+        let state = held.get(instance);
+        if let Some(name) = found {
+            // Never name a credential this skill cannot have.
+            let visible = self.specs.get(&name).is_some_and(|spec| {
+                spec.skills
+                    .as_ref()
+                    .is_none_or(|skills| state.is_some_and(|h| skills.contains(&h.skill)))
+            });
+            return Some(if visible { name } else { "[withheld]".into() });
+        }
+        state?.scanner.as_ref()?.leak(data, host)
     }
 
     fn redact(&self, instance: &str, data: &[u8]) -> Option<Vec<u8>> {
-        let first = self
-            .statics_scanner
-            .as_ref()
-            .and_then(|s| s.redact(data));
+        let first = self.statics_scanner.as_ref().and_then(|s| s.redact(data));
         let held = self.held();
         let second = held
             .get(instance)

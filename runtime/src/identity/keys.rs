@@ -37,7 +37,10 @@ impl Key {
         let secret = Zeroizing::new(rand::random::<[u8; 32]>());
         let signing = SigningKey::from_bytes(&secret);
         let public = signing.verifying_key();
-        let kid = b64(blake3::hash(public.as_bytes()).as_bytes().get(..12).unwrap_or_default());
+        let kid = b64(blake3::hash(public.as_bytes())
+            .as_bytes()
+            .get(..12)
+            .unwrap_or_default());
         Key {
             kid,
             signing,

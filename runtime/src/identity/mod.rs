@@ -34,8 +34,7 @@ use crate::config::IdentityConfig;
 
 /// Seconds since the Unix epoch.
 pub fn unix(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 pub fn now() -> u64 {

@@ -24,11 +24,7 @@ pub fn router(issuer: Arc<Issuer>) -> Router {
 
 fn json(value: serde_json::Value) -> Response {
     // Answers change (rotation, instances ending): never cache them long.
-    (
-        [(header::CACHE_CONTROL, "no-store")],
-        Json(value),
-    )
-        .into_response()
+    ([(header::CACHE_CONTROL, "no-store")], Json(value)).into_response()
 }
 
 async fn discovery(State(issuer): State<Arc<Issuer>>) -> Response {

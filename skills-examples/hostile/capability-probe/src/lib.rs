@@ -4,11 +4,14 @@
 //! Input: `{"calls": [{"op": "storage.get", "key": "a"}, ...]}`. Operations:
 //! `http.fetch` (method, url, headers, body, credential), `wasi-http` (method,
 //! scheme, authority, path, headers), `storage.get|put|delete|list` (key,
-//! value, prefix), `secrets.mint` (name, audience), `tools.invoke` (name,
+//! value, prefix), `secrets.mint` (name, audience), `secrets.mint-send`
+//! (name, audience, url, key: mint, then send the token to url in a header,
+//! the query and the body, and store it), `tools.invoke` (name,
 //! input), `log` (level, message), `print` (message, to stdout), `handles`
 //! (count: create and leak that many host handles), `panic` (message: trap),
 //! `timed` (count, and call, or key: time that many round trips of the call,
-//! or of `storage.get`).
+//! or of `storage.get`), `sleep` (count: milliseconds), `spin` (loop until
+//! stopped), `fail` (message: end the run with this error).
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -103,6 +106,39 @@ fn call(c: Call) -> Value {
         "storage.delete" => report(storage::delete(&c.key), |existed| json!(existed)),
         "storage.list" => report(storage::list_keys(&c.prefix), |keys| json!(keys)),
         "secrets.mint" => report(secrets::mint_token(&c.name, &c.audience), |t| json!(t)),
+        "secrets.mint-send" => {
+            // Mint a token, then try to send it (in a header, the URL's
+            // query and the body) to `url`, and to store it under `key`.
+            let token = match secrets::mint_token(&c.name, &c.audience) {
+                Ok(token) => token,
+                Err(e) => return error(e),
+            };
+            let mut url = c.url.clone();
+            url.push_str(if url.contains('?') { "&t=" } else { "?t=" });
+            let attempts = [
+                (
+                    c.url.clone(),
+                    vec![("x-token".to_string(), token.clone())],
+                    String::new(),
+                ),
+                (url + &token, Vec::new(), String::new()),
+                (c.url.clone(), Vec::new(), format!("token={token}")),
+            ];
+            let mut sent = Vec::new();
+            for (url, headers, body) in attempts {
+                let req = http::Request {
+                    method: "POST".into(),
+                    url,
+                    headers,
+                    body: body.into_bytes(),
+                    credential: None,
+                };
+                sent.push(report(http::fetch(&req), |r| json!(r.status)));
+            }
+            let stored = report(storage::put(&c.key, token.as_bytes()), |()| json!(null));
+            log::emit(log::Level::Info, &format!("minted {token}"));
+            json!({ "ok": { "sent": sent, "stored": stored, "token": token } })
+        }
         "tools.invoke" => report(tools::invoke(&c.name, &c.input), |out| json!(out)),
         "log" => {
             let level = match c.level.as_str() {
@@ -119,6 +155,13 @@ fn call(c: Call) -> Value {
             json!({ "ok": null })
         }
         "panic" => panic!("{}", c.message),
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_millis(c.count as u64));
+            json!({ "ok": null })
+        }
+        "spin" => loop {
+            std::hint::black_box(());
+        },
         "timed" => {
             // Round trips of a call, timed from inside the guest, and the
             // cost of reading the clock, to subtract.
@@ -202,7 +245,18 @@ fn wasi_http(c: Call) -> Value {
     };
     future.subscribe().block();
     match future.get() {
-        Some(Ok(Ok(response))) => json!({ "ok": { "status": response.status() } }),
+        Some(Ok(Ok(response))) => {
+            let status = response.status();
+            let mut bytes = Vec::new();
+            if let Ok(body) = response.consume() {
+                if let Ok(stream) = body.stream() {
+                    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+                        bytes.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            json!({ "ok": { "status": status, "body": String::from_utf8_lossy(&bytes) } })
+        }
         Some(Ok(Err(code))) => json!({ "error": "http", "message": format!("{code:?}") }),
         Some(Err(())) => json!({ "error": "http", "message": "response already taken" }),
         None => json!({ "error": "http", "message": "no response" }),
@@ -215,7 +269,13 @@ impl Guest for Probe {
     fn run(input: String) -> Result<String, String> {
         let input: Input =
             serde_json::from_str(&input).map_err(|e| format!("bad probe input: {e}"))?;
-        let results: Vec<Value> = input.calls.into_iter().map(call).collect();
+        let mut results = Vec::new();
+        for c in input.calls {
+            if c.op == "fail" {
+                return Err(c.message);
+            }
+            results.push(call(c));
+        }
         Ok(json!({ "results": results }).to_string())
     }
 }
