@@ -138,10 +138,10 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(revocation) = self.end() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(revocation);
-            }
+        if let Some(revocation) = self.end()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(revocation);
         }
     }
 }
@@ -384,13 +384,12 @@ impl Engine {
                 *error = clean(std::mem::take(error));
             }
         }
-        if let Some(revocation) = held.end() {
-            if tokio::time::timeout(REVOCATION_WAIT, revocation)
+        if let Some(revocation) = held.end()
+            && tokio::time::timeout(REVOCATION_WAIT, revocation)
                 .await
                 .is_err()
-            {
-                tracing::warn!(instance = %instance, "revoking credentials at their issuers took too long");
-            }
+        {
+            tracing::warn!(instance = %instance, "revoking credentials at their issuers took too long");
         }
         RunReport {
             instance,

@@ -374,9 +374,14 @@ async fn unknown_other_skills_and_ended_instances_get_the_same_error() {
     // An instance that is not running (ended, or never this runtime's)
     // holds nothing, whatever it names.
     use airlock_host_apis::secrets::Credentials;
-    let mut subject = airlock_host_apis::Subject::default();
-    subject.instance = "0123456789abcdef0123456789abcdef".into();
-    subject.skill.name = "capability-probe".into();
+    let subject = airlock_host_apis::Subject {
+        instance: "0123456789abcdef0123456789abcdef".into(),
+        skill: airlock_host_apis::SkillIdentity {
+            name: "capability-probe".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let request = airlock_host_apis::http::OutboundRequest::parse(
         "GET",
         &setup.bound("/echo"),

@@ -133,10 +133,10 @@ pub fn check(name: &str, config: &CredentialConfig) -> Result<(), String> {
     if config.kind == CredentialKind::Static && config.audience.is_some() {
         return Err("a static credential has no `audience`".into());
     }
-    if config.kind != CredentialKind::Exchanged {
-        if let Some((key, _)) = exchange_only.iter().find(|(_, set)| *set) {
-            return Err(format!("`{key}` is only for an exchanged credential"));
-        }
+    if config.kind != CredentialKind::Exchanged
+        && let Some((key, _)) = exchange_only.iter().find(|(_, set)| *set)
+    {
+        return Err(format!("`{key}` is only for an exchanged credential"));
     }
     for endpoint in [&config.token_endpoint, &config.revocation_endpoint]
         .into_iter()
@@ -252,10 +252,10 @@ impl Vault {
                 Binding::parse(&c.destination).map_err(|e| Error::Config(e.to_string()))?;
             let header = http::HeaderName::from_bytes(c.header.as_bytes())
                 .map_err(|e| Error::Config(format!("credentials.{name}: {e}")))?;
-            if c.kind == CredentialKind::Static {
-                if let Some(value) = read_static(name, c) {
-                    statics.insert(name.clone(), value);
-                }
+            if c.kind == CredentialKind::Static
+                && let Some(value) = read_static(name, c)
+            {
+                statics.insert(name.clone(), value);
             }
             let exchange = c.token_endpoint.as_ref().map(|token| exchange::Endpoint {
                 token: token.clone(),
