@@ -594,10 +594,10 @@ async fn limits_hold_and_the_session_counts_what_went_out() {
 async fn a_slow_server_is_cut_off_at_the_timeout() {
     let server = TestServer::start().await;
     let node = TestNode::with_resolver(&config(""), &[("p.cedar", POLICIES)], resolver());
-    let started = std::time::Instant::now();
-    let (_, results) = fetch_all(&node, vec![get(&server.url("/slow"))]).await;
+    let (report, results) = fetch_all(&node, vec![get(&server.url("/slow"))]).await;
     check("slow", &results[0], "unavailable", "took longer than 3s");
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The call itself, not compiling the probe: cut off before the server answers.
+    assert!(report.decisions[0].duration_us < 5_000_000);
 }
 
 #[tokio::test]
@@ -629,7 +629,14 @@ async fn the_standard_wasi_http_path_takes_the_same_checks() {
         ],
     )
     .await;
-    assert_eq!(results[0], json!({"ok": {"status": 200}}));
+    assert_eq!(results[0]["ok"]["status"], 200, "{}", results[0]);
+    assert!(
+        results[0]["ok"]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("\"uri\":\"/echo\"")),
+        "{}",
+        results[0]
+    );
     for refused in &results[1..5] {
         assert_eq!(
             refused["message"], "ErrorCode::HttpRequestDenied",

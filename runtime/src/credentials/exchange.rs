@@ -254,3 +254,82 @@ impl Exchanger {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use airlock_host_apis::http::InboundResponse;
+
+    use super::*;
+
+    /// Records what it is sent; answers 200.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Egress for Recorder {
+        async fn send(&self, request: &OutboundRequest) -> Result<InboundResponse, CallError> {
+            let body = String::from_utf8_lossy(&request.body).into_owned();
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(format!("{} {body}", request.url));
+            Ok(InboundResponse {
+                status: 200,
+                headers: Vec::new(),
+                body: Vec::new(),
+                peer: None,
+            })
+        }
+    }
+
+    fn pending(token: &str, until: u64) -> Pending {
+        Pending {
+            endpoint: "https://sts.example/revoke".into(),
+            token: token.into(),
+            client_id: None,
+            until,
+        }
+    }
+
+    #[tokio::test]
+    async fn revocations_cut_short_are_retried_after_a_restart_while_they_matter() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("credentials/pending-revocations.json");
+        let recorder = Arc::new(Recorder::default());
+        {
+            let before = Exchanger::open(recorder.clone(), Some(dir.path()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            // The runtime stops before these are revoked.
+            before.remember(&pending("still-valid", now() + 600));
+            before.remember(&pending("long-expired", now().saturating_sub(10)));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).map(|m| m.permissions().mode() & 0o777);
+            assert_eq!(mode.ok(), Some(0o600));
+        }
+        let after = Arc::new(
+            Exchanger::open(recorder.clone(), Some(dir.path())).unwrap_or_else(|e| panic!("{e}")),
+        );
+        // Held apart: `revoke` takes the same lock as it forgets each token.
+        let left = after
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        after.revoke(left).await;
+        let sent = recorder
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        assert_eq!(
+            sent,
+            ["https://sts.example/revoke token=still-valid&token_type_hint=access_token"]
+        );
+        // Revoked: nothing is left to retry.
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        assert_eq!(text, "[]");
+    }
+}

@@ -550,3 +550,96 @@ impl Credentials for Vault {
         Some(self.exchanger.revoke(held.revoke))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Result<(), String> {
+        let config: CredentialConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        check("c", &config)
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused_with_the_reason() {
+        let cases = [
+            (
+                "kind = \"static\"\ndestination = \"https://a.example\"",
+                "exactly one of `env` and `file`",
+            ),
+            (
+                "kind = \"static\"\nenv = \"X\"\nfile = \"f\"\ndestination = \"https://a.example\"",
+                "exactly one",
+            ),
+            (
+                "kind = \"minted\"\nenv = \"X\"\ndestination = \"https://a.example\"",
+                "only a static credential",
+            ),
+            (
+                "kind = \"exchanged\"\ndestination = \"https://a.example\"",
+                "needs `token_endpoint`",
+            ),
+            (
+                "kind = \"minted\"\ndestination = \"https://a.example\"\nscope = \"x\"",
+                "`scope` is only for",
+            ),
+            (
+                "kind = \"minted\"\ndestination = \"ftp://a.example\"",
+                "scheme `ftp`",
+            ),
+            (
+                "kind = \"minted\"\ndestination = \"https://a.example/?q=1\"",
+                "has a query",
+            ),
+            (
+                "kind = \"minted\"\ndestination = \"https://a.example\"\nformat = \"Bearer\"",
+                "exactly once",
+            ),
+            (
+                "kind = \"minted\"\ndestination = \"https://a.example\"\nheader = \"bad header\"",
+                "not a header name",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = config(text).err().unwrap_or_default();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        assert_eq!(
+            config("kind = \"minted\"\ndestination = \"https://a.example\""),
+            Ok(())
+        );
+    }
+
+    fn request(url: &str) -> OutboundRequest {
+        OutboundRequest::parse("GET", url, &[], Vec::new(), None, &Default::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_binding_matches_its_origin_and_path_prefix_only() {
+        let binding =
+            Binding::parse("https://API.example.com/v1/").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(binding.to_string(), "https://api.example.com/v1");
+        for url in [
+            "https://api.example.com/v1",
+            "https://api.example.com/v1/",
+            "https://api.example.com/v1/repos?x=1",
+            "https://api.example.com:443/v1/x",
+        ] {
+            assert!(binding.matches(&request(url)), "{url}");
+        }
+        for url in [
+            "https://api.example.com/v10",
+            "https://api.example.com/",
+            "https://api.example.com:8443/v1",
+            "https://api.example.com.evil.example/v1",
+            "https://evil.example/v1",
+            "http://api.example.com/v1",
+            "https://api.example.com/v1/../admin",
+        ] {
+            let matches = binding.matches(&request(url));
+            // `..` is resolved by the parser: `/admin` is outside the prefix.
+            assert!(!matches, "{url}");
+        }
+    }
+}
