@@ -344,3 +344,55 @@ fn an_unknown_trust_level_is_a_usage_error() {
         text(&out.stderr)
     );
 }
+
+fn airlock_in(home: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+        .args(args)
+        .env("AIRLOCK_HOME", home)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn identity_rotate_adds_a_key_and_keeps_the_old_one_in_the_jwks() {
+    let home = tempfile::tempdir().unwrap();
+    let kids = |out: &Output| -> Vec<String> {
+        let jwks: Value = serde_json::from_slice(&out.stdout).unwrap();
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                assert_eq!(k["kty"], "OKP");
+                assert_eq!(k["crv"], "Ed25519");
+                assert!(k.get("d").is_none(), "a private part in the JWKS: {k}");
+                k["kid"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let first = airlock_in(home.path(), &["identity", "jwks"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let before = kids(&first);
+    assert_eq!(before.len(), 1);
+    let rotated = airlock_in(home.path(), &["identity", "rotate"]);
+    assert_eq!(rotated.status.code(), Some(0), "{}", text(&rotated.stderr));
+    let new_kid = text(&rotated.stdout).trim().to_string();
+    let after = kids(&airlock_in(home.path(), &["identity", "jwks"]));
+    assert_eq!(after, vec![before[0].clone(), new_kid]);
+}
+
+#[test]
+fn a_configuration_with_an_unusable_credential_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "airlock.toml",
+        "[credentials.github]\nkind = \"static\"\ndestination = \"https://api.github.com\"\n",
+    );
+    let out = airlock(&["--config", &config, "run", skills::HELLO]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "airlock: credentials.github: a static credential takes exactly one of `env` and `file`\n"
+    );
+}
