@@ -175,7 +175,10 @@ async fn allowed_calls_reach_their_backends_through_the_broker() {
     assert_eq!(results[4], json!({"ok": null}));
     assert_eq!(results[5]["ok"]["status"], 200);
     assert_eq!(results[5]["ok"]["body"], "POST https://api.example.com/v1");
-    assert_eq!(results[6], json!({"ok": {"status": 200}}));
+    assert_eq!(
+        results[6],
+        json!({"ok": {"status": 200, "body": "GET https://api.example.com/v2"}})
+    );
     let token = results[7]["ok"].as_str().unwrap();
     assert!(token.starts_with("token:github:api.github.com:"), "{token}");
     assert_eq!(
