@@ -12,6 +12,7 @@
 //!   and [`credentials`]: leases on credentials, attached by the broker.
 //! - [`cli`]: the `airlock` command.
 
+pub mod audit;
 pub mod broker;
 pub mod cache;
 pub mod cli;

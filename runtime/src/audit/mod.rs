@@ -1,0 +1,339 @@
+//! The audit log: JSON lines in a hash chain, with signed checkpoints.
+//!
+//! Every record carries `seq` (1, 2, ...) and `prev`, the blake3 hash of the
+//! previous line (64 zeros for the first). Each batch the writer appends
+//! ends with a checkpoint: the count of records before it and the head hash,
+//! signed with the runtime's identity key. A modified, deleted, inserted or
+//! reordered record breaks the chain; a rewritten tail needs the key; a
+//! truncated tail leaves fewer records than the head file (`<log>.head`, the
+//! last checkpoint, written after each batch) says there were.
+//!
+//! One writer per log: the writer holds an exclusive lock on `<log>.lock`.
+//! A batch is on disk (fsync) before `append` returns. A torn last line
+//! (a crash in the middle of a write) is cut off when the log is opened
+//! again, and a `recovery` record says how many bytes were lost.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::identity::Keyring;
+
+/// The `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+fn hash(line: &[u8]) -> String {
+    blake3::hash(line).to_hex().to_string()
+}
+
+fn checkpoint_message(count: u64, head: &str) -> Vec<u8> {
+    format!("airlock-audit-checkpoint|{count}|{head}").into_bytes()
+}
+
+/// One line of the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub prev: String,
+    pub event: serde_json::Value,
+}
+
+/// A signed statement of how long the chain was and what its head was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub kind: String,
+    /// Records before this one.
+    pub count: u64,
+    /// Hash of the record before this one.
+    pub head: String,
+    pub kid: String,
+    pub sig: String,
+}
+
+struct Tail {
+    file: File,
+    seq: u64,
+    head: String,
+}
+
+/// The single writer of one log.
+pub struct AuditLog {
+    path: PathBuf,
+    keys: std::sync::Arc<Keyring>,
+    tail: Mutex<Tail>,
+    _lock: File,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn head_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".head");
+    PathBuf::from(name)
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+impl AuditLog {
+    /// Open (or create) the log at `path` as its only writer.
+    pub fn open(path: &Path, keys: std::sync::Arc<Keyring>) -> Result<Self, Error> {
+        let io = |what: &str, e| Error::io(format!("{what} `{}`", path.display()), e);
+        if let Some(dir) = path.parent() {
+            crate::fsutil::create_private_dir(dir)?;
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path(path))
+            .map_err(|e| io("locking", e))?;
+        lock.try_lock().map_err(|_| {
+            Error::Config(format!(
+                "the audit log `{}` is open in another process (one writer per log)",
+                path.display()
+            ))
+        })?;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io("reading", e)),
+        };
+        // Everything up to the last newline is whole; anything after it was
+        // being written when the writer stopped.
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |n| n + 1);
+        let torn = bytes.get(whole..).unwrap_or_default().to_vec();
+        let (seq, head) = match bytes
+            .get(..whole)
+            .unwrap_or_default()
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+        {
+            Some(line) => {
+                let record: Record = serde_json::from_slice(line).map_err(|e| {
+                    Error::Config(format!(
+                        "the last record of the audit log `{}` does not parse ({e}); run `airlock audit verify`",
+                        path.display()
+                    ))
+                })?;
+                (record.seq, hash(line))
+            }
+            None => (0, GENESIS.to_string()),
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| io("opening", e))?;
+        if !torn.is_empty() {
+            file.set_len(whole as u64)
+                .map_err(|e| io("cutting the torn tail of", e))?;
+        }
+        let log = AuditLog {
+            path: path.to_path_buf(),
+            keys,
+            tail: Mutex::new(Tail { file, seq, head }),
+            _lock: lock,
+        };
+        if !torn.is_empty() {
+            tracing::warn!(
+                bytes = torn.len(),
+                "the audit log ended in a torn line; it was cut off"
+            );
+            log.append(&[serde_json::json!({
+                "kind": "recovery",
+                "torn_bytes": torn.len(),
+                "torn_hash": hash(&torn),
+            })])?;
+        }
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append `events` and a checkpoint, and make them durable.
+    pub fn append(&self, events: &[serde_json::Value]) -> Result<u64, Error> {
+        let io = |e| {
+            Error::io(
+                format!("writing the audit log `{}`", self.path.display()),
+                e,
+            )
+        };
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seq = tail.seq;
+        let mut head = tail.head.clone();
+        let mut out = Vec::new();
+        let mut push = |event: serde_json::Value, seq: &mut u64, head: &mut String| {
+            *seq += 1;
+            let record = Record {
+                seq: *seq,
+                time_ms: now_ms(),
+                prev: std::mem::take(head),
+                event,
+            };
+            let line = serde_json::to_vec(&record).unwrap_or_default();
+            *head = hash(&line);
+            out.extend_from_slice(&line);
+            out.push(b'\n');
+        };
+        for event in events {
+            push(event.clone(), &mut seq, &mut head);
+        }
+        let key = self.keys.current()?;
+        let count = seq;
+        let signature = key.sign(&checkpoint_message(count, &head));
+        let checkpoint = Checkpoint {
+            kind: "checkpoint".into(),
+            count,
+            head: head.clone(),
+            kid: key.kid.clone(),
+            sig: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature),
+        };
+        let checkpoint = serde_json::to_value(&checkpoint).unwrap_or_default();
+        push(checkpoint.clone(), &mut seq, &mut head);
+        tail.file.write_all(&out).map_err(io)?;
+        tail.file.sync_data().map_err(io)?;
+        tail.seq = seq;
+        tail.head = head;
+        let text = serde_json::to_vec(&checkpoint).unwrap_or_default();
+        crate::fsutil::write_private(&head_path(&self.path), &text)?;
+        Ok(seq)
+    }
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    /// Records that verified, in order.
+    pub records: u64,
+    /// The first problem: its line (1-based) and what is wrong.
+    pub problem: Option<(u64, String)>,
+}
+
+/// Check a log: the chain, every checkpoint's signature, and the head file.
+pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading `{}`", path.display()), e))?;
+    let mut expected_prev = GENESIS.to_string();
+    let mut records = 0u64;
+    let mut last_checkpoint = 0u64;
+    let bad = |line: u64, why: String, records: u64| Verification {
+        records,
+        problem: Some((line, why)),
+    };
+    let mut number = 0u64;
+    for raw in bytes.split_inclusive(|b| *b == b'\n') {
+        number += 1;
+        let Some(line) = raw.strip_suffix(b"\n") else {
+            return Ok(bad(
+                number,
+                format!("a torn last line ({} bytes without an end)", raw.len()),
+                records,
+            ));
+        };
+        let Ok(record) = serde_json::from_slice::<Record>(line) else {
+            return Ok(bad(number, "not a record".into(), records));
+        };
+        if record.seq != records + 1 {
+            return Ok(bad(
+                number,
+                format!(
+                    "sequence {} where {} was due: a record was deleted, inserted or moved",
+                    record.seq,
+                    records + 1
+                ),
+                records,
+            ));
+        }
+        if record.prev != expected_prev {
+            return Ok(bad(
+                number,
+                "its `prev` is not the hash of the record before: that record was modified".into(),
+                records,
+            ));
+        }
+        if record.event.get("kind").and_then(|k| k.as_str()) == Some("checkpoint") {
+            let checkpoint: Checkpoint =
+                serde_json::from_value(record.event.clone()).map_err(|e| {
+                    Error::Config(format!("line {number}: a malformed checkpoint: {e}"))
+                })?;
+            let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&checkpoint.sig)
+                .unwrap_or_default();
+            let signed = keys
+                .verify(
+                    &checkpoint.kid,
+                    &checkpoint_message(checkpoint.count, &checkpoint.head),
+                    &signature,
+                )
+                .unwrap_or(false);
+            if !signed || checkpoint.count != records || checkpoint.head != expected_prev {
+                return Ok(bad(
+                    number,
+                    "a checkpoint whose signature or count does not hold: the log was rewritten"
+                        .into(),
+                    records,
+                ));
+            }
+            last_checkpoint = record.seq;
+        }
+        records += 1;
+        expected_prev = hash(line);
+    }
+    if records > last_checkpoint {
+        return Ok(bad(
+            number,
+            format!(
+                "{} records after the last checkpoint are not signed",
+                records - last_checkpoint
+            ),
+            records,
+        ));
+    }
+    if let Ok(text) = std::fs::read(head_path(path)) {
+        let head: Checkpoint = serde_json::from_slice(&text)
+            .map_err(|e| Error::Config(format!("the head file does not parse: {e}")))?;
+        // The head file names the checkpoint itself: its record is count + 1.
+        if head.count + 1 > records {
+            return Ok(bad(
+                number,
+                format!(
+                    "the log was truncated: the head file records {} records, the log has {records}",
+                    head.count + 1
+                ),
+                records,
+            ));
+        }
+    }
+    Ok(Verification {
+        records,
+        problem: None,
+    })
+}
+
+#[cfg(test)]
+mod tests;

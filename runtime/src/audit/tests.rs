@@ -1,0 +1,219 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    keys: Arc<Keyring>,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let keys = Keyring::open(&dir.path().join("keys.json"), Duration::from_secs(3600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Fixture {
+            dir,
+            keys: Arc::new(keys),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("audit/audit.jsonl")
+    }
+
+    /// A log of three batches: 2 + 1 + 2 events, each with its checkpoint.
+    fn written(&self) -> Vec<String> {
+        let log = AuditLog::open(&self.path(), self.keys.clone()).unwrap_or_else(|e| panic!("{e}"));
+        for batch in [vec![1, 2], vec![3], vec![4, 5]] {
+            let events: Vec<_> = batch
+                .iter()
+                .map(|n| json!({"kind": "call", "n": n}))
+                .collect();
+            log.append(&events).unwrap_or_else(|e| panic!("{e}"));
+        }
+        self.lines()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path())
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn rewrite(&self, lines: &[String]) {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(self.path(), text).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn verify(&self) -> Verification {
+        verify(&self.path(), &self.keys).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn problem(&self) -> (u64, String) {
+        self.verify()
+            .problem
+            .unwrap_or_else(|| panic!("tampering went unnoticed"))
+    }
+}
+
+#[test]
+fn an_untouched_log_verifies() {
+    let f = Fixture::new();
+    let lines = f.written();
+    assert_eq!(lines.len(), 8);
+    assert_eq!(
+        f.verify(),
+        Verification {
+            records: 8,
+            problem: None
+        }
+    );
+}
+
+#[test]
+fn a_modified_record_is_found() {
+    let f = Fixture::new();
+    let mut lines = f.written();
+    lines[1] = lines[1].replace("\"n\":2", "\"n\":7");
+    f.rewrite(&lines);
+    let (line, why) = f.problem();
+    assert_eq!(line, 3, "{why}");
+    assert!(why.contains("modified"), "{why}");
+}
+
+#[test]
+fn a_deleted_record_is_found() {
+    let f = Fixture::new();
+    let mut lines = f.written();
+    lines.remove(1);
+    f.rewrite(&lines);
+    let (line, why) = f.problem();
+    assert_eq!(line, 2);
+    assert!(why.contains("deleted, inserted or moved"), "{why}");
+}
+
+#[test]
+fn an_inserted_record_is_found() {
+    let f = Fixture::new();
+    let mut lines = f.written();
+    let forged = lines[1].clone();
+    lines.insert(2, forged);
+    f.rewrite(&lines);
+    let (line, _) = f.problem();
+    assert_eq!(line, 3);
+}
+
+#[test]
+fn reordered_records_are_found() {
+    let f = Fixture::new();
+    let mut lines = f.written();
+    lines.swap(0, 1);
+    f.rewrite(&lines);
+    assert_eq!(f.problem().0, 1);
+}
+
+#[test]
+fn a_truncated_tail_is_found_even_at_a_checkpoint() {
+    let f = Fixture::new();
+    let mut lines = f.written();
+    // Drop the last batch with its checkpoint: what is left is a valid chain
+    // ending in a valid checkpoint. The head file knows better.
+    lines.truncate(5);
+    f.rewrite(&lines);
+    let (_, why) = f.problem();
+    assert!(why.contains("truncated"), "{why}");
+}
+
+#[test]
+fn a_rewritten_tail_without_the_key_is_found() {
+    let f = Fixture::new();
+    let lines = f.written();
+    // Rebuild the last batch with another value and a consistent chain; the
+    // checkpoint's signature cannot be made without the key.
+    let mut rebuilt: Vec<String> = lines[..5].to_vec();
+    let mut prev = hash(rebuilt[4].as_bytes());
+    for (seq, event) in [
+        (6, json!({"kind": "call", "n": 99})),
+        (7, json!({"kind": "call", "n": 5})),
+    ] {
+        let record = Record {
+            seq,
+            time_ms: 0,
+            prev: prev.clone(),
+            event,
+        };
+        let line = serde_json::to_string(&record).unwrap_or_default();
+        prev = hash(line.as_bytes());
+        rebuilt.push(line);
+    }
+    let old: Record = serde_json::from_str(&lines[7]).unwrap_or_else(|e| panic!("{e}"));
+    let mut checkpoint: Checkpoint =
+        serde_json::from_value(old.event).unwrap_or_else(|e| panic!("{e}"));
+    checkpoint.head = prev.clone();
+    let record = Record {
+        seq: 8,
+        time_ms: 0,
+        prev,
+        event: serde_json::to_value(checkpoint).unwrap_or_default(),
+    };
+    rebuilt.push(serde_json::to_string(&record).unwrap_or_default());
+    f.rewrite(&rebuilt);
+    let (line, why) = f.problem();
+    assert_eq!(line, 8);
+    assert!(why.contains("rewritten"), "{why}");
+}
+
+#[test]
+fn a_torn_line_is_reported_then_cut_off_with_a_recovery_record() {
+    let f = Fixture::new();
+    f.written();
+    let mut file = OpenOptions::new()
+        .append(true)
+        .open(f.path())
+        .unwrap_or_else(|e| panic!("{e}"));
+    file.write_all(b"{\"seq\":9,\"time_ms\":1,\"pr")
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(file);
+    let (line, why) = f.problem();
+    assert_eq!(line, 9);
+    assert!(why.contains("torn"), "{why}");
+    // The writer comes back: the torn line is cut off and said so.
+    let log = AuditLog::open(&f.path(), f.keys.clone()).unwrap_or_else(|e| panic!("{e}"));
+    drop(log);
+    assert_eq!(f.verify().problem, None);
+    let lines = f.lines();
+    let recovery: Record = serde_json::from_str(&lines[8]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(recovery.event["kind"], "recovery");
+    assert_eq!(recovery.event["torn_bytes"], 24);
+}
+
+#[test]
+fn a_second_writer_is_refused() {
+    let f = Fixture::new();
+    let _first = AuditLog::open(&f.path(), f.keys.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let second = AuditLog::open(&f.path(), f.keys.clone());
+    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("open in another process"), "{err}");
+}
+
+#[test]
+fn guest_strings_cannot_forge_a_record() {
+    let f = Fixture::new();
+    let log = AuditLog::open(&f.path(), f.keys.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let forged = "x\"}\n{\"seq\":2,\"time_ms\":0,\"prev\":\"00\",\"event\":{\"kind\":\"run.end\"}}\n\u{1b}[2J\u{202e}";
+    log.append(&[json!({"kind": "call", "key": forged})])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = f.lines();
+    assert_eq!(lines.len(), 2, "one record and its checkpoint");
+    assert!(!lines[0].contains('\u{1b}'), "{}", lines[0]);
+    let record: Record = serde_json::from_str(&lines[0]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(record.event["key"], forged);
+    assert_eq!(f.verify().problem, None);
+}
