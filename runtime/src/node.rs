@@ -132,6 +132,13 @@ impl Node {
             ..config.egress.clone()
         };
         let operator = Arc::new(HttpEgress::new(&operator, resolver)?);
+        let audit = match &config.data_dir {
+            Some(dir) => Some(Arc::new(crate::audit::AuditLog::open(
+                &dir.join("audit").join("audit.jsonl"),
+                issuer.keys().clone(),
+            )?)),
+            None => None,
+        };
         let vault = Arc::new(Vault::new(
             &config,
             issuer.clone(),
@@ -152,6 +159,7 @@ impl Node {
                     }),
                     tools: Arc::new(ToolRegistry::new(node.clone(), config.clone())),
                     credentials: vault.clone(),
+                    audit,
                 },
                 engine,
                 vault,

@@ -35,6 +35,9 @@ pub struct Services {
     pub tools: Arc<dyn Tools>,
     /// What outbound requests may carry.
     pub http_rules: Arc<HttpRules>,
+    /// Where every run and call is recorded, durably, before the run's
+    /// report is returned.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -53,6 +56,7 @@ impl Default for Services {
             credentials: Arc::new(NoCredentials),
             tools: Arc::new(NoTools),
             http_rules: Arc::new(HttpRules::default()),
+            audit: None,
         }
     }
 }
@@ -391,7 +395,7 @@ impl Engine {
         {
             tracing::warn!(instance = %instance, "revoking credentials at their issuers took too long");
         }
-        RunReport {
+        let report = RunReport {
             instance,
             skill: subject.skill.name.clone(),
             status,
@@ -407,6 +411,22 @@ impl Engine {
             session: session_view.snapshot(),
             logs,
             logs_dropped,
+        };
+        if let Some(audit) = &services.audit {
+            // On disk before anyone sees the result.
+            let audit = audit.clone();
+            let events = crate::audit::run_events(&subject, &report);
+            let written = tokio::task::spawn_blocking(move || audit.append(&events)).await;
+            match written {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, instance = %report.instance, "the run's audit records were not written")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, instance = %report.instance, "the audit writer failed")
+                }
+            }
         }
+        report
     }
 }

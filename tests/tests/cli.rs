@@ -396,3 +396,60 @@ fn a_configuration_with_an_unusable_credential_is_refused() {
         "airlock: credentials.github: a static credential takes exactly one of `env` and `file`\n"
     );
 }
+
+#[test]
+fn every_run_lands_in_an_audit_log_that_verifies_and_shows_safely() {
+    let home = tempfile::tempdir().unwrap();
+    let input = r#"{"calls":[{"op":"storage.get","key":"a\u001b[31mred\nforged"},{"op":"http.fetch","url":"https://api.example.com/x"}]}"#;
+    let out = airlock_in(
+        home.path(),
+        &["run", skills::CAPABILITY_PROBE, "--input", input],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = airlock_in(home.path(), &["run", skills::HELLO]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let verified = airlock_in(home.path(), &["audit", "verify"]);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}",
+        text(&verified.stderr)
+    );
+    // Run 1: start, two calls, end, checkpoint. Run 2: start, end, checkpoint.
+    assert!(
+        text(&verified.stdout).ends_with(": 8 records verify\n"),
+        "{}",
+        text(&verified.stdout)
+    );
+
+    let shown = airlock_in(home.path(), &["audit", "show", "--decision", "deny"]);
+    let shown = text(&shown.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    assert!(lines[0].contains("storage.read"), "{shown}");
+    assert!(
+        lines[1].contains("http.request `api.example.com` deny"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains('\u{1b}'),
+        "an escape sequence reached the terminal: {shown}"
+    );
+    assert!(shown.contains("\\u{1b}[31m"), "{shown}");
+
+    // One modified byte, and verify names the line after it.
+    let log = home.path().join("audit/audit.jsonl");
+    let tampered =
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .replacen("api.example.com", "api.example.org", 1);
+    std::fs::write(&log, tampered).unwrap();
+    let verified = airlock_in(home.path(), &["audit", "verify"]);
+    assert_eq!(verified.status.code(), Some(1));
+    assert!(
+        text(&verified.stdout).contains("line 4: its `prev` is not the hash"),
+        "{}",
+        text(&verified.stdout)
+    );
+}

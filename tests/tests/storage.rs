@@ -328,9 +328,11 @@ async fn through_a_guest_hostile_keys_stay_inside_its_namespace() {
     let root = node.dir.path().join("storage");
     std::fs::create_dir_all(root.join("other")).unwrap();
     std::fs::write(root.join("other/kZm9v"), "other namespace").unwrap();
+    // The runtime's own state (audit log, keys) changes with every run.
+    let own = node.dir.path().join("data");
     let before: BTreeMap<_, _> = tree(node.dir.path())
         .into_iter()
-        .filter(|(p, _)| !p.starts_with(root.join("team")))
+        .filter(|(p, _)| !p.starts_with(root.join("team")) && !p.starts_with(&own))
         .collect();
     let mut calls = Vec::new();
     for key in HOSTILE_KEYS {
@@ -365,7 +367,7 @@ async fn through_a_guest_hostile_keys_stay_inside_its_namespace() {
     );
     let after: BTreeMap<_, _> = tree(node.dir.path())
         .into_iter()
-        .filter(|(p, _)| !p.starts_with(root.join("team")))
+        .filter(|(p, _)| !p.starts_with(root.join("team")) && !p.starts_with(&own))
         .collect();
     // Nothing outside the skill's namespace directory changed.
     assert_eq!(after, before);

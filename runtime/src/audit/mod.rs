@@ -225,6 +225,69 @@ impl AuditLog {
     }
 }
 
+/// Guest-supplied strings are kept to this many characters in a record.
+pub const MAX_STRING: usize = 1024;
+
+/// `value` with every string cut to [`MAX_STRING`] characters. JSON itself
+/// escapes newlines and control characters, so no string can end a line.
+pub fn bounded(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.chars().count() > MAX_STRING => {
+            let mut cut: String = s.chars().take(MAX_STRING).collect();
+            cut.push('…');
+            Value::String(cut)
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(bounded).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, bounded(v))).collect())
+        }
+        other => other,
+    }
+}
+
+/// The records of one run: its start, every call decided, its end.
+pub fn run_events(
+    subject: &airlock_host_apis::Subject,
+    report: &crate::run::RunReport,
+) -> Vec<serde_json::Value> {
+    let mut events = Vec::with_capacity(report.decisions.len() + 2);
+    events.push(serde_json::json!({
+        "kind": "run.start",
+        "instance": report.instance,
+        "skill": subject.skill.name,
+        "digest": subject.skill.digest,
+        "agent": subject.agent.id,
+        "trust": subject.agent.trust,
+        "task_id": subject.task.id,
+        "intent": subject.task.intent,
+        "sensitivity": subject.task.sensitivity,
+        "delegation": subject.delegation.chain,
+    }));
+    for call in &report.decisions {
+        let mut event = serde_json::to_value(call).unwrap_or_default();
+        if let Some(map) = event.as_object_mut() {
+            map.insert("kind".into(), "call".into());
+            map.insert("task_id".into(), subject.task.id.clone().into());
+            map.insert("agent".into(), subject.agent.id.clone().into());
+            map.insert(
+                "delegation".into(),
+                serde_json::json!(subject.delegation.chain),
+            );
+        }
+        events.push(event);
+    }
+    events.push(serde_json::json!({
+        "kind": "run.end",
+        "instance": report.instance,
+        "skill": subject.skill.name,
+        "status": report.status,
+        "error": report.error,
+        "usage": report.usage,
+    }));
+    events.into_iter().map(bounded).collect()
+}
+
 /// What `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verification {

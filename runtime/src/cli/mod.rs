@@ -1,5 +1,6 @@
 //! The `airlock` command: thin glue over the library.
 
+mod audit;
 mod identity;
 mod policy;
 mod run;
@@ -38,6 +39,9 @@ enum Command {
     Identity(identity::IdentityCommand),
     /// Serve the verification endpoints for the runtime's identity tokens.
     Serve(identity::ServeArgs),
+    /// The audit log: verify it, show it.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// A failure of the command itself, with the exit code it maps to.
@@ -129,6 +133,11 @@ pub fn main() -> ExitCode {
                 let config = config?;
                 let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
                 identity::run(command, &config, data_dir)
+            }
+            Command::Audit(command) => {
+                let config = config?;
+                let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
+                audit::run(command, &config, data_dir)
             }
             Command::Serve(args) => {
                 let config = config?;

@@ -102,7 +102,7 @@ pub enum Invalid {
 /// The issuer: keys, the running instances that hold tokens, and signing.
 pub struct Issuer {
     config: IdentityConfig,
-    keys: Keyring,
+    keys: Arc<Keyring>,
     /// Instances with tokens, running now.
     running: Mutex<HashMap<String, u64>>,
 }
@@ -122,7 +122,7 @@ impl Issuer {
         let dir = identity_dir(data_dir);
         crate::fsutil::create_private_dir(&dir)?;
         let retain = config.max_token_ttl;
-        let keys = Keyring::open(&dir.join("keys.json"), retain)?;
+        let keys = Arc::new(Keyring::open(&dir.join("keys.json"), retain)?);
         Ok(Arc::new(Issuer {
             config,
             keys,
@@ -134,7 +134,7 @@ impl Issuer {
     /// directory. Its tokens cannot be verified once the process ends.
     pub fn ephemeral(config: IdentityConfig) -> Arc<Self> {
         Arc::new(Issuer {
-            keys: Keyring::ephemeral(config.max_token_ttl),
+            keys: Arc::new(Keyring::ephemeral(config.max_token_ttl)),
             running: Mutex::default(),
             config,
         })
@@ -144,7 +144,7 @@ impl Issuer {
         &self.config
     }
 
-    pub fn keys(&self) -> &Keyring {
+    pub fn keys(&self) -> &Arc<Keyring> {
         &self.keys
     }
 

@@ -1,0 +1,147 @@
+//! `airlock audit`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::{Failure, exit};
+use crate::Config;
+use crate::audit::{Record, verify};
+use crate::identity::Issuer;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit log's hash chain, its signed checkpoints and its head
+    /// file. Prints the number of records that verify, or the first bad
+    /// record and what is wrong with it (exit 1).
+    Verify {
+        /// The log (default: `<data-dir>/audit/audit.jsonl`).
+        #[arg(value_name = "PATH")]
+        path: Option<PathBuf>,
+    },
+    /// Print the log's records, one line each, escaped for a terminal.
+    Show {
+        /// The log (default: `<data-dir>/audit/audit.jsonl`).
+        #[arg(long, value_name = "PATH")]
+        path: Option<PathBuf>,
+        /// Only records of this skill (by name).
+        #[arg(long)]
+        skill: Option<String>,
+        /// Only records of this instance.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Only records of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only call records with this verdict (`allow` or `deny`).
+        #[arg(long)]
+        decision: Option<String>,
+    },
+}
+
+fn log_path(path: Option<PathBuf>, data_dir: Option<&PathBuf>) -> Result<PathBuf, Failure> {
+    path.or_else(|| data_dir.map(|d| d.join("audit").join("audit.jsonl")))
+        .ok_or_else(|| Failure::usage("no audit log: pass a path, --data-dir or set AIRLOCK_HOME"))
+}
+
+fn field<'a>(event: &'a serde_json::Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(event, |v, key| v.get(key))
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+}
+
+pub fn run(
+    command: AuditCommand,
+    config: &Config,
+    data_dir: Option<PathBuf>,
+) -> Result<u8, Failure> {
+    match command {
+        AuditCommand::Verify { path } => {
+            let path = log_path(path, data_dir.as_ref())?;
+            let data_dir = data_dir.ok_or_else(|| {
+                Failure::usage("verifying needs the runtime's keys: pass --data-dir")
+            })?;
+            let issuer = Issuer::open(&data_dir, config.identity.clone())?;
+            let found = verify(&path, issuer.keys())?;
+            match found.problem {
+                None => {
+                    println!("{}: {} records verify", path.display(), found.records);
+                    Ok(exit::OK)
+                }
+                Some((line, why)) => {
+                    println!(
+                        "{}: line {line}: {why} ({} records before it verify)",
+                        path.display(),
+                        found.records
+                    );
+                    Ok(exit::SKILL_ERROR)
+                }
+            }
+        }
+        AuditCommand::Show {
+            path,
+            skill,
+            instance,
+            task,
+            decision,
+        } => {
+            let path = log_path(path, data_dir.as_ref())?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", path.display())))?;
+            for line in text.lines() {
+                let Ok(record) = serde_json::from_str::<Record>(line) else {
+                    println!("(a line that is not a record)");
+                    continue;
+                };
+                let e = &record.event;
+                let kind = field(e, &["kind"]);
+                let keep = skill.as_deref().is_none_or(|s| field(e, &["skill"]) == s)
+                    && instance
+                        .as_deref()
+                        .is_none_or(|i| field(e, &["instance"]) == i)
+                    && task.as_deref().is_none_or(|t| field(e, &["task_id"]) == t)
+                    && decision
+                        .as_deref()
+                        .is_none_or(|d| kind == "call" && field(e, &["decision", "verdict"]) == d);
+                if !keep {
+                    continue;
+                }
+                let detail = match kind {
+                    "call" => format!(
+                        "{} {} `{}` {} {}",
+                        field(e, &["instance"]),
+                        field(e, &["action"]),
+                        field(e, &["resource", "name"]).to_string()
+                            + field(e, &["resource", "namespace"])
+                            + field(e, &["resource", "key"]),
+                        field(e, &["decision", "verdict"]),
+                        e.get("decision")
+                            .and_then(|d| d.get("policies"))
+                            .map(|p| p.to_string())
+                            .unwrap_or_default()
+                    ),
+                    "run.start" => format!(
+                        "{} skill `{}` agent `{}` task `{}`",
+                        field(e, &["instance"]),
+                        field(e, &["skill"]),
+                        field(e, &["agent"]),
+                        field(e, &["task_id"])
+                    ),
+                    "run.end" => format!("{} {}", field(e, &["instance"]), field(e, &["status"])),
+                    _ => String::new(),
+                };
+                let time = humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.time_ms),
+                );
+                // Guest strings reach the terminal escaped.
+                println!(
+                    "{time} #{} {kind} {}",
+                    record.seq,
+                    airlock_host_apis::escape(&detail, 400)
+                );
+            }
+            Ok(exit::OK)
+        }
+    }
+}
