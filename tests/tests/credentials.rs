@@ -453,17 +453,19 @@ async fn token_during_run(setup: &Setup, tail: Value, limits: Limits) -> (String
 #[tokio::test]
 async fn a_token_is_inactive_as_soon_as_its_instance_ends_however_it_ends() {
     let setup = Setup::new("").await;
-    let limits = Limits {
-        deadline: Duration::from_secs(3),
-        ..Limits::default()
-    };
+    // Only the timed-out run has a deadline short enough to reach: on a
+    // loaded machine the others must not outlive their token by accident.
     let ends = [
-        (json!({"op": "log", "message": "done"}), RunStatus::Ok),
-        (json!({"op": "panic", "message": "boom"}), RunStatus::Trap),
-        (json!({"op": "spin"}), RunStatus::Limit),
+        (json!({"op": "log", "message": "done"}), RunStatus::Ok, 120),
+        (json!({"op": "panic", "message": "boom"}), RunStatus::Trap, 120),
+        (json!({"op": "spin"}), RunStatus::Limit, 3),
     ];
-    for (tail, status) in ends {
-        let (token, report) = token_during_run(&setup, tail, limits.clone()).await;
+    for (tail, status, deadline) in ends {
+        let limits = Limits {
+            deadline: Duration::from_secs(deadline),
+            ..Limits::default()
+        };
+        let (token, report) = token_during_run(&setup, tail, limits).await;
         assert_eq!(report.status, status, "{:?}", report.error);
         let issuer = setup.node.node.issuer();
         // After a timeout the token has also expired: it lives no longer
