@@ -457,7 +457,11 @@ async fn a_token_is_inactive_as_soon_as_its_instance_ends_however_it_ends() {
     // loaded machine the others must not outlive their token by accident.
     let ends = [
         (json!({"op": "log", "message": "done"}), RunStatus::Ok, 120),
-        (json!({"op": "panic", "message": "boom"}), RunStatus::Trap, 120),
+        (
+            json!({"op": "panic", "message": "boom"}),
+            RunStatus::Trap,
+            120,
+        ),
         (json!({"op": "spin"}), RunStatus::Limit, 3),
     ];
     for (tail, status, deadline) in ends {

@@ -8,8 +8,9 @@
 //! truncated tail leaves fewer records than the head file (`<log>.head`, the
 //! last checkpoint, written after each batch) says there were.
 //!
-//! One writer per log: the writer holds an exclusive lock on `<log>.lock`.
-//! A batch is on disk (fsync) before `append` returns. A torn last line
+//! One writer at a time: each batch is written under an exclusive lock on
+//! `<log>.lock`, so a CLI and a server sharing a data directory never
+//! interleave. A batch is on disk (fsync) before `append` returns. A torn last line
 //! (a crash in the middle of a write) is cut off when the log is opened
 //! again, and a `recovery` record says how many bytes were lost.
 
@@ -59,16 +60,21 @@ pub struct Checkpoint {
 
 struct Tail {
     file: File,
+    lock: File,
     seq: u64,
     head: String,
+    /// The log's length after this writer's last batch; another length means
+    /// another process wrote since, and the tail is read again.
+    len: Option<u64>,
 }
 
-/// The single writer of one log.
+/// A writer of one log. Several may share a log, in one process or many:
+/// each batch is written under an exclusive lock on `<log>.lock`, so batches
+/// never interleave and each continues the chain where the last one ended.
 pub struct AuditLog {
     path: PathBuf,
     keys: std::sync::Arc<Keyring>,
     tail: Mutex<Tail>,
-    _lock: File,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -97,8 +103,35 @@ fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The last whole line of the first `len` bytes of `file`, and the bytes
+/// after it that do not end in a newline (a torn write).
+fn last_line(file: &File, len: u64) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    let mut window: u64 = 64 << 10;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut buf = vec![0; usize::try_from(len - start).unwrap_or(0)];
+        file.read_exact_at(&mut buf, start)?;
+        let whole = buf.iter().rposition(|b| *b == b'\n').map(|n| n + 1);
+        let line_start = whole.and_then(|w| {
+            buf.get(..w - 1)
+                .map(|b| b.iter().rposition(|c| *c == b'\n').map_or(0, |n| n + 1))
+        });
+        match (whole, line_start) {
+            (Some(whole), Some(line_start)) if line_start > 0 || start == 0 => {
+                let torn = buf.split_off(whole);
+                buf.truncate(whole - 1);
+                return Ok((buf.split_off(line_start), torn));
+            }
+            (None, _) if start == 0 => return Ok((Vec::new(), buf)),
+            _ => window = window.saturating_mul(2),
+        }
+    }
+}
+
 impl AuditLog {
-    /// Open (or create) the log at `path` as its only writer.
+    /// Open (or create) the log at `path`. A torn last line is cut off here,
+    /// with a `recovery` record.
     pub fn open(path: &Path, keys: std::sync::Arc<Keyring>) -> Result<Self, Error> {
         let io = |what: &str, e| Error::io(format!("{what} `{}`", path.display()), e);
         if let Some(dir) = path.parent() {
@@ -109,65 +142,25 @@ impl AuditLog {
             .truncate(false)
             .write(true)
             .open(lock_path(path))
-            .map_err(|e| io("locking", e))?;
-        lock.try_lock().map_err(|_| {
-            Error::Config(format!(
-                "the audit log `{}` is open in another process (one writer per log)",
-                path.display()
-            ))
-        })?;
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io("reading", e)),
-        };
-        // Everything up to the last newline is whole; anything after it was
-        // being written when the writer stopped.
-        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |n| n + 1);
-        let torn = bytes.get(whole..).unwrap_or_default().to_vec();
-        let (seq, head) = match bytes
-            .get(..whole)
-            .unwrap_or_default()
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-        {
-            Some(line) => {
-                let record: Record = serde_json::from_slice(line).map_err(|e| {
-                    Error::Config(format!(
-                        "the last record of the audit log `{}` does not parse ({e}); run `airlock audit verify`",
-                        path.display()
-                    ))
-                })?;
-                (record.seq, hash(line))
-            }
-            None => (0, GENESIS.to_string()),
-        };
+            .map_err(|e| io("opening the lock of", e))?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(path)
             .map_err(|e| io("opening", e))?;
-        if !torn.is_empty() {
-            file.set_len(whole as u64)
-                .map_err(|e| io("cutting the torn tail of", e))?;
-        }
         let log = AuditLog {
             path: path.to_path_buf(),
             keys,
-            tail: Mutex::new(Tail { file, seq, head }),
-            _lock: lock,
+            tail: Mutex::new(Tail {
+                file,
+                lock,
+                seq: 0,
+                head: GENESIS.to_string(),
+                len: None,
+            }),
         };
-        if !torn.is_empty() {
-            tracing::warn!(
-                bytes = torn.len(),
-                "the audit log ended in a torn line; it was cut off"
-            );
-            log.append(&[serde_json::json!({
-                "kind": "recovery",
-                "torn_bytes": torn.len(),
-                "torn_hash": hash(&torn),
-            })])?;
-        }
+        log.append(&[])?;
         Ok(log)
     }
 
@@ -175,33 +168,96 @@ impl AuditLog {
         &self.path
     }
 
-    /// Append `events` and a checkpoint, and make them durable.
+    /// Under the lock: where the chain ends now. A torn tail is cut off and
+    /// the recovery record to write first is returned.
+    fn catch_up(&self, tail: &mut Tail) -> Result<Option<serde_json::Value>, Error> {
+        let io = |e| {
+            Error::io(
+                format!("reading the audit log `{}`", self.path.display()),
+                e,
+            )
+        };
+        let len = tail.file.metadata().map_err(io)?.len();
+        if tail.len == Some(len) {
+            return Ok(None);
+        }
+        let (line, torn) = last_line(&tail.file, len).map_err(io)?;
+        (tail.seq, tail.head) = if line.is_empty() {
+            (0, GENESIS.to_string())
+        } else {
+            let record: Record = serde_json::from_slice(&line).map_err(|e| {
+                Error::Config(format!(
+                    "the last record of the audit log `{}` does not parse ({e}); run `airlock audit verify`",
+                    self.path.display()
+                ))
+            })?;
+            (record.seq, hash(&line))
+        };
+        tail.len = Some(len - torn.len() as u64);
+        if torn.is_empty() {
+            return Ok(None);
+        }
+        tail.file.set_len(len - torn.len() as u64).map_err(|e| {
+            Error::io(
+                format!("cutting the torn tail of `{}`", self.path.display()),
+                e,
+            )
+        })?;
+        tracing::warn!(
+            bytes = torn.len(),
+            "the audit log ended in a torn line; it was cut off"
+        );
+        Ok(Some(serde_json::json!({
+            "kind": "recovery",
+            "torn_bytes": torn.len(),
+            "torn_hash": hash(&torn),
+        })))
+    }
+
+    /// Append `events` and a checkpoint, and make them durable. Returns the
+    /// sequence number of the checkpoint.
     pub fn append(&self, events: &[serde_json::Value]) -> Result<u64, Error> {
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        tail.lock.lock().map_err(|e| {
+            Error::io(
+                format!("locking the audit log `{}`", self.path.display()),
+                e,
+            )
+        })?;
+        let written = self.append_locked(&mut tail, events);
+        let _ = tail.lock.unlock();
+        written
+    }
+
+    fn append_locked(&self, tail: &mut Tail, events: &[serde_json::Value]) -> Result<u64, Error> {
         let io = |e| {
             Error::io(
                 format!("writing the audit log `{}`", self.path.display()),
                 e,
             )
         };
-        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let recovery = self.catch_up(tail)?;
+        if events.is_empty() && recovery.is_none() {
+            return Ok(tail.seq);
+        }
         let mut seq = tail.seq;
         let mut head = tail.head.clone();
         let mut out = Vec::new();
-        let mut push = |event: serde_json::Value, seq: &mut u64, head: &mut String| {
+        let mut push = |event: &serde_json::Value, seq: &mut u64, head: &mut String| {
             *seq += 1;
             let record = Record {
                 seq: *seq,
                 time_ms: now_ms(),
                 prev: std::mem::take(head),
-                event,
+                event: event.clone(),
             };
             let line = serde_json::to_vec(&record).unwrap_or_default();
             *head = hash(&line);
             out.extend_from_slice(&line);
             out.push(b'\n');
         };
-        for event in events {
-            push(event.clone(), &mut seq, &mut head);
+        for event in recovery.iter().chain(events) {
+            push(event, &mut seq, &mut head);
         }
         let key = self.keys.current()?;
         let count = seq;
@@ -214,9 +270,12 @@ impl AuditLog {
             sig: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature),
         };
         let checkpoint = serde_json::to_value(&checkpoint).unwrap_or_default();
-        push(checkpoint.clone(), &mut seq, &mut head);
+        push(&checkpoint, &mut seq, &mut head);
+        // Unknown until it is on disk: a failed write is read back next time.
+        let before = tail.len.take();
         tail.file.write_all(&out).map_err(io)?;
         tail.file.sync_data().map_err(io)?;
+        tail.len = before.map(|len| len + out.len() as u64);
         tail.seq = seq;
         tail.head = head;
         let text = serde_json::to_vec(&checkpoint).unwrap_or_default();

@@ -195,12 +195,38 @@ fn a_torn_line_is_reported_then_cut_off_with_a_recovery_record() {
 }
 
 #[test]
-fn a_second_writer_is_refused() {
+fn writers_in_turn_continue_one_chain() {
     let f = Fixture::new();
-    let _first = AuditLog::open(&f.path(), f.keys.clone()).unwrap_or_else(|e| panic!("{e}"));
-    let second = AuditLog::open(&f.path(), f.keys.clone());
-    let err = second.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("open in another process"), "{err}");
+    let writers: Vec<_> = (0..2)
+        .map(|_| AuditLog::open(&f.path(), f.keys.clone()).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    std::thread::scope(|scope| {
+        for (n, log) in writers.iter().enumerate() {
+            scope.spawn(move || {
+                for i in 0..50 {
+                    log.append(&[json!({"kind": "call", "writer": n, "i": i})])
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+            });
+        }
+    });
+    assert_eq!(
+        f.verify(),
+        Verification {
+            records: 200,
+            problem: None
+        }
+    );
+    let lines = f.lines();
+    for writer in 0..2 {
+        let mine: Vec<i64> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Record>(l).ok())
+            .filter(|r| r.event["writer"] == writer)
+            .filter_map(|r| r.event["i"].as_i64())
+            .collect();
+        assert_eq!(mine, (0..50).collect::<Vec<_>>(), "writer {writer}");
+    }
 }
 
 #[test]
