@@ -31,6 +31,9 @@ pub struct Config {
     pub identity: IdentityConfig,
     pub delegation: DelegationConfig,
     pub egress: EgressConfig,
+    /// Who and what may be admitted, for how long, and when a skill is
+    /// quarantined on its own.
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 /// Outbound HTTP: limits, redirects, and the only way to reach a special
@@ -381,6 +384,15 @@ impl Config {
             if name.is_empty() {
                 return Err(Error::Config("a tool name is empty".into()));
             }
+        }
+        self.admission.keys()?;
+        if self.admission.default_expiry.is_zero()
+            || self.admission.default_expiry > self.admission.max_expiry
+        {
+            return Err(Error::Config(
+                "admission.default_expiry must be more than 0 and at most admission.max_expiry"
+                    .into(),
+            ));
         }
         crate::egress::Allowed::parse(&self.egress.allow_addresses)
             .map_err(|e| Error::Config(format!("egress.allow_addresses: {e}")))?;

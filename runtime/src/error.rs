@@ -32,6 +32,10 @@ pub enum Error {
     /// The engine failed in a way that is not the skill's fault.
     #[error("engine error: {0}")]
     Engine(String),
+    /// The skill store refused: not admitted, not runnable now, a refused
+    /// transition, a changed stored component. The text says which.
+    #[error("{0}")]
+    Admission(String),
 }
 
 impl Error {

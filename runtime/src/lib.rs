@@ -10,8 +10,11 @@
 //!   [`config`].
 //! - [`identity`]: the runtime as an issuer of workload identity tokens,
 //!   and [`credentials`]: leases on credentials, attached by the broker.
+//! - [`admission`]: the content-addressed skill store and each skill's
+//!   lifecycle; [`audit`]: the hash-chained log of every run and decision.
 //! - [`cli`]: the `airlock` command.
 
+pub mod admission;
 pub mod audit;
 pub mod broker;
 pub mod cache;

@@ -1,0 +1,344 @@
+use std::time::Duration;
+
+use super::*;
+use crate::inspect::Capability;
+
+/// Stands for a component: the store keeps and checks bytes; the engine
+/// (tested elsewhere) inspects them.
+const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0 stands for a component";
+
+fn inspect(bytes: &[u8], _max: u64) -> Result<Inspection, Error> {
+    Ok(Inspection {
+        digest: SkillDigest::of(bytes),
+        size: bytes.len() as u64,
+        imports: vec!["airlock:skill/storage@0.1.0".into()],
+        exports: vec!["run".into()],
+        capabilities: [Capability::Storage].into_iter().collect(),
+    })
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: SkillStore,
+    config: AdmissionConfig,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = SkillStore::open(&dir.path().join("skills")).unwrap_or_else(|e| panic!("{e}"));
+        Fixture {
+            _dir: dir,
+            store,
+            config: AdmissionConfig::default(),
+        }
+    }
+
+    fn admit(&self) -> SkillRecord {
+        let inspection = inspect(EMPTY_COMPONENT, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+        let submission = Submission {
+            name: "empty".into(),
+            agent: "agent-7".into(),
+            trust: Trust::Low,
+            submitter: "alice".into(),
+            ..Submission::default()
+        };
+        let (record, fresh) = self
+            .store
+            .admit(EMPTY_COMPONENT, &inspection, &submission, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(fresh);
+        record
+    }
+
+    fn err(&self, result: Result<Changed, Error>) -> String {
+        match result {
+            Ok(changed) => panic!("allowed: {:?}", changed.record.state),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+fn week() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+#[test]
+fn a_skill_is_pending_then_approved_then_quarantined_then_approved_then_revoked() {
+    let f = Fixture::new();
+    let record = f.admit();
+    let d = record.digest;
+    assert_eq!(record.state, State::Pending);
+    assert!(
+        record
+            .refusal()
+            .unwrap_or_default()
+            .contains("pending review")
+    );
+
+    let approved = f
+        .store
+        .approve(&d, "bob", week(), &f.config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (approved.from, approved.record.state),
+        (State::Pending, State::Approved)
+    );
+    assert_eq!(approved.record.reviewer.as_deref(), Some("bob"));
+    assert_eq!(approved.record.refusal(), None);
+
+    let held = f
+        .store
+        .quarantine(&d, "carol", "it probed the metadata service")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(held.record.state, State::Quarantined);
+    let why = held.record.refusal().unwrap_or_default();
+    assert!(
+        why.contains("quarantined: it probed the metadata service"),
+        "{why}"
+    );
+
+    let again = f
+        .store
+        .approve(&d, "bob", week(), &f.config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (again.from, again.record.state),
+        (State::Quarantined, State::Approved)
+    );
+    assert_eq!(again.record.reason, None);
+
+    let revoked = f
+        .store
+        .revoke(&d, "carol", "superseded")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(revoked.record.state, State::Revoked);
+    let err = f.err(f.store.approve(&d, "bob", week(), &f.config));
+    assert!(err.contains("cannot be approved again"), "{err}");
+    let err = f.err(f.store.quarantine(&d, "carol", "x"));
+    assert!(err.contains("already revoked"), "{err}");
+
+    let history: Vec<_> = f
+        .store
+        .history(&d)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|t| (t.from, t.to, t.actor))
+        .collect();
+    let step = |from: Option<&str>, to: &str, actor: &str| {
+        (from.map(String::from), to.to_string(), actor.to_string())
+    };
+    assert_eq!(
+        history,
+        vec![
+            step(None, "pending", "alice"),
+            step(Some("pending"), "approved", "bob"),
+            step(Some("approved"), "quarantined", "carol"),
+            step(Some("quarantined"), "approved", "bob"),
+            step(Some("approved"), "revoked", "carol"),
+        ]
+    );
+}
+
+#[test]
+fn the_submitter_and_the_agent_cannot_approve() {
+    let f = Fixture::new();
+    let d = f.admit().digest;
+    let err = f.err(f.store.approve(&d, "alice", week(), &f.config));
+    assert!(
+        err.contains("`alice` submitted skill `empty` and cannot approve it"),
+        "{err}"
+    );
+    let err = f.err(f.store.approve(&d, "agent-7", week(), &f.config));
+    assert!(err.contains("agent that generated"), "{err}");
+    assert_eq!(
+        f.store.get(&d).ok().flatten().map(|r| r.state),
+        Some(State::Pending)
+    );
+}
+
+#[test]
+fn an_approval_expires_and_the_skill_is_refused() {
+    let f = Fixture::new();
+    let d = f.admit().digest;
+    f.store
+        .approve(&d, "bob", Duration::from_millis(30), &f.config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::thread::sleep(Duration::from_millis(60));
+    let record = f
+        .store
+        .get(&d)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("gone"));
+    assert_eq!(record.state, State::Expired);
+    let why = record.refusal().unwrap_or_default();
+    assert!(
+        why.contains("expired") && why.contains("approve it again"),
+        "{why}"
+    );
+    // Approved again, it runs again.
+    let again = f
+        .store
+        .approve(&d, "bob", week(), &f.config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (again.from, again.record.state),
+        (State::Expired, State::Approved)
+    );
+}
+
+#[test]
+fn an_approval_longer_than_the_operator_allows_is_refused() {
+    let f = Fixture::new();
+    let d = f.admit().digest;
+    let err = f.err(
+        f.store
+            .approve(&d, "bob", Duration::from_secs(365 * 24 * 3600), &f.config),
+    );
+    assert!(err.contains("admission.max_expiry"), "{err}");
+}
+
+#[test]
+fn a_reason_is_required_to_hold_a_skill() {
+    let f = Fixture::new();
+    let d = f.admit().digest;
+    let err = f.err(f.store.quarantine(&d, "carol", "  "));
+    assert!(err.contains("--reason"), "{err}");
+}
+
+#[test]
+fn a_flipped_byte_in_a_stored_component_is_refused_at_load() {
+    let f = Fixture::new();
+    let d = f.admit().digest;
+    assert_eq!(f.store.load(&d).unwrap_or_default(), EMPTY_COMPONENT);
+    let path = f.store.blob_path(&d);
+    let mut bytes = std::fs::read(&path).unwrap_or_default();
+    bytes[5] ^= 1;
+    std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let err = f
+        .store
+        .load(&d)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("has changed on disk"), "{err}");
+}
+
+#[test]
+fn admitting_the_same_bytes_again_changes_nothing() {
+    let f = Fixture::new();
+    let d = f.admit().digest;
+    f.store
+        .approve(&d, "bob", week(), &f.config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let inspection = inspect(EMPTY_COMPONENT, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let submission = Submission {
+        name: "renamed".into(),
+        agent: "other".into(),
+        submitter: "mallory".into(),
+        ..Submission::default()
+    };
+    let (record, fresh) = f
+        .store
+        .admit(EMPTY_COMPONENT, &inspection, &submission, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!fresh);
+    assert_eq!(
+        (record.name.as_str(), record.state),
+        ("empty", State::Approved)
+    );
+}
+
+#[test]
+fn digests_resolve_from_a_unique_prefix() {
+    let f = Fixture::new();
+    let d = f.admit().digest;
+    let hex = d.to_hex();
+    assert_eq!(f.store.resolve(&hex[..10]).ok(), Some(d));
+    assert!(f.store.resolve(&hex[..4]).is_err(), "too short");
+    let other = if hex.starts_with('0') {
+        "11111111"
+    } else {
+        "00000000"
+    };
+    let err = f
+        .store
+        .resolve(other)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("no admitted skill"), "{err}");
+}
+
+#[test]
+fn signatures_are_checked_against_the_trusted_keys() {
+    use ed25519_dalek::Signer;
+    let signer = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let mut config = AdmissionConfig::default();
+    config.trusted_keys.insert(
+        "release".into(),
+        base64::engine::general_purpose::STANDARD.encode(signer.verifying_key().to_bytes()),
+    );
+    let keys = config.keys().unwrap_or_else(|e| panic!("{e}"));
+    let digest = SkillDigest::of(EMPTY_COMPONENT);
+    let good = signer.sign(digest.as_bytes()).to_bytes();
+    let bad = stranger.sign(digest.as_bytes()).to_bytes();
+    assert_eq!(
+        check_signature(&digest, Some(&good), &keys, true).ok(),
+        Some(Some("release".to_string()))
+    );
+    let err = check_signature(&digest, Some(&bad), &keys, false)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("does not verify with any trusted key"),
+        "{err}"
+    );
+    let other = SkillDigest::of(b"other bytes");
+    assert!(
+        check_signature(&other, Some(&good), &keys, false).is_err(),
+        "bound to the digest"
+    );
+    let err = check_signature(&digest, None, &keys, true)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("only signed skills"), "{err}");
+    assert_eq!(
+        check_signature(&digest, None, &keys, false).ok(),
+        Some(None)
+    );
+    let text = base64::engine::general_purpose::STANDARD.encode(good);
+    assert_eq!(parse_signature(text.as_bytes()).ok(), Some(good.to_vec()));
+    assert!(parse_signature(b"nonsense").is_err());
+}
+
+#[test]
+fn a_store_is_shared_by_two_handles() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let one = SkillStore::open(&dir.path().join("skills")).unwrap_or_else(|e| panic!("{e}"));
+    let two = SkillStore::open(&dir.path().join("skills")).unwrap_or_else(|e| panic!("{e}"));
+    let before = two.data_version().unwrap_or_default();
+    let inspection = inspect(EMPTY_COMPONENT, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let submission = Submission {
+        name: "empty".into(),
+        agent: "a".into(),
+        submitter: "s".into(),
+        ..Submission::default()
+    };
+    let (record, _) = one
+        .admit(EMPTY_COMPONENT, &inspection, &submission, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(
+        two.data_version().unwrap_or_default(),
+        before,
+        "the other handle sees news"
+    );
+    assert_eq!(
+        two.get(&record.digest).ok().flatten().map(|r| r.state),
+        Some(State::Pending)
+    );
+}
