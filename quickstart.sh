@@ -19,15 +19,29 @@ export AIRLOCK_HOME
 trap 'rm -rf "$AIRLOCK_HOME"' EXIT
 
 echo
-echo "\$ airlock run hello.wasm --input '{\"name\": \"Ada\"}'"
-"$airlock" run "$skills/hello.wasm" --input '{"name": "Ada"}'
+echo "\$ airlock admit hello.wasm --name hello --agent planner --trust medium --by orchestrator"
+"$airlock" admit "$skills/hello.wasm" --name hello --agent planner --trust medium --by orchestrator \
+  | tee "$AIRLOCK_HOME/admitted"
+digest="$(head -n 1 "$AIRLOCK_HOME/admitted")"
 
 echo
-echo "\$ airlock run --config airlock.toml notes.wasm --input '{\"op\": \"put\", \"key\": \"reports/q3\", ...}'"
-"$airlock" run --config "$config" "$skills/notes.wasm" --agent planner --trust medium \
+echo "\$ airlock approve ${digest:0:12} --by reviewer --expires-in 1h"
+"$airlock" approve "$digest" --by reviewer --expires-in 1h
+
+echo
+echo "\$ airlock run ${digest:0:12} --input '{\"name\": \"Ada\"}'"
+"$airlock" run "$digest" --input '{"name": "Ada"}'
+
+echo
+echo "\$ airlock run --dev --config airlock.toml notes.wasm --input '{\"op\": \"put\", \"key\": \"reports/q3\", ...}'"
+"$airlock" run --dev --config "$config" "$skills/notes.wasm" --agent planner --trust medium \
   --input '{"op": "put", "key": "reports/q3", "text": "Revenue grew. Revenue grew again, and costs fell."}'
 
 echo
-echo "\$ airlock run --config airlock.toml report.wasm --input '{\"key\": \"reports/q3\", \"to\": \"https://reports.example.com/summaries\"}'"
-"$airlock" run --config "$config" "$skills/report.wasm" --agent planner --trust medium \
+echo "\$ airlock run --dev --config airlock.toml report.wasm --input '{\"key\": \"reports/q3\", \"to\": \"https://reports.example.com/summaries\"}'"
+"$airlock" run --dev --config "$config" "$skills/report.wasm" --agent planner --trust medium \
   --input '{"key": "reports/q3", "to": "https://reports.example.com/summaries"}'
+
+echo
+echo "\$ airlock audit verify"
+"$airlock" audit verify

@@ -9,6 +9,8 @@ use airlock_host_apis::{Broker, DenyAll};
 use airlock_policy::Policies;
 
 use crate::Error;
+use crate::admission::node::Running;
+use crate::admission::{SkillStore, TrustedKey};
 use crate::broker::PolicyBroker;
 use crate::config::{Config, PolicyMode};
 use crate::credentials::Vault;
@@ -54,6 +56,10 @@ pub struct Node {
     services: Services,
     config: Arc<Config>,
     policies: Option<Arc<Policies>>,
+    /// Admitted skills; `None` without a data directory.
+    pub(crate) store: Option<Arc<SkillStore>>,
+    pub(crate) trusted_keys: Arc<Vec<TrustedKey>>,
+    pub(crate) running: Arc<Running>,
 }
 
 impl std::fmt::Debug for Node {
@@ -146,6 +152,11 @@ impl Node {
             config.data_dir.as_deref(),
         )?);
         let http_rules = Arc::new(config.egress.rules());
+        let store = match &config.data_dir {
+            Some(dir) => Some(Arc::new(SkillStore::open(&dir.join("skills"))?)),
+            None => None,
+        };
+        let trusted_keys = Arc::new(config.admission.keys()?);
         Ok(Arc::new_cyclic(|node| {
             let namespaces = config.clone();
             Node {
@@ -165,6 +176,9 @@ impl Node {
                 vault,
                 config,
                 policies,
+                store,
+                trusted_keys,
+                running: Arc::default(),
             }
         }))
     }
@@ -213,6 +227,9 @@ impl Node {
                 services,
                 config: self.config.clone(),
                 policies: self.policies.clone(),
+                store: self.store.clone(),
+                trusted_keys: self.trusted_keys.clone(),
+                running: self.running.clone(),
             }
         })
     }

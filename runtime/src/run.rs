@@ -72,6 +72,47 @@ pub struct RunRequest {
     pub session: Option<Session>,
     /// Where call records go, when the run is part of another.
     pub ledger: Option<Ledger>,
+    /// Stops the instance from outside (its skill was revoked or
+    /// quarantined).
+    pub stop: Option<Stopper>,
+}
+
+/// Stops a running instance from outside, with a reason. Stopping twice
+/// keeps the first reason.
+#[derive(Clone, Debug)]
+pub struct Stopper(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for Stopper {
+    fn default() -> Self {
+        Stopper(Arc::new(tokio::sync::watch::channel(None).0))
+    }
+}
+
+impl Stopper {
+    pub fn stop(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.0.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason);
+            true
+        });
+    }
+
+    /// The reason, once stopped.
+    pub async fn stopped(&self) -> String {
+        let mut watch = self.0.subscribe();
+        let reason = match watch.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            // The sender lives in `self`: never closed while awaited.
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// How a run ended.
@@ -86,6 +127,9 @@ pub enum RunStatus {
     Limit,
     /// The instance trapped.
     Trap,
+    /// The instance was stopped from outside: its skill was revoked or
+    /// quarantined while it ran.
+    Stopped,
 }
 
 /// Why a run did not produce output.
@@ -328,10 +372,29 @@ impl Engine {
             let bindings = skill.pre.instantiate_async(&mut store).await?;
             bindings.call_run(&mut store, &input).await
         };
-        let outcome = tokio::time::timeout(limits.deadline, OnThreadStack::new(stack, call)).await;
+        let stop = request.stop;
+        let stopped = async move {
+            match stop {
+                Some(stop) => stop.stopped().await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            biased;
+            reason = stopped => Err(reason),
+            outcome = tokio::time::timeout(limits.deadline, OnThreadStack::new(stack, call)) => Ok(outcome),
+        };
 
         let (status, output, error) = match outcome {
-            Err(_elapsed) => (
+            Err(reason) => (
+                RunStatus::Stopped,
+                None,
+                Some(RunError {
+                    limit: None,
+                    message: format!("the instance was stopped: {reason}"),
+                }),
+            ),
+            Ok(Err(_elapsed)) => (
                 RunStatus::Limit,
                 None,
                 Some(limit_error(
@@ -342,11 +405,11 @@ impl Engine {
                     ),
                 )),
             ),
-            Ok(Err(e)) => {
+            Ok(Ok(Err(e))) => {
                 let (status, error) = classify(&e, &limits);
                 (status, None, Some(error))
             }
-            Ok(Ok(Err(message))) => (
+            Ok(Ok(Ok(Err(message)))) => (
                 RunStatus::SkillError,
                 None,
                 Some(RunError {
@@ -354,7 +417,7 @@ impl Engine {
                     message,
                 }),
             ),
-            Ok(Ok(Ok(output))) if output.len() as u64 > limits.output => (
+            Ok(Ok(Ok(Ok(output)))) if output.len() as u64 > limits.output => (
                 RunStatus::Limit,
                 None,
                 Some(limit_error(
@@ -366,7 +429,7 @@ impl Engine {
                     ),
                 )),
             ),
-            Ok(Ok(Ok(output))) => (RunStatus::Ok, Some(output), None),
+            Ok(Ok(Ok(Ok(output)))) => (RunStatus::Ok, Some(output), None),
         };
         let peak_memory_bytes = store.data().limiter.peak_memory();
         drop(store);

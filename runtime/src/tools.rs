@@ -168,6 +168,7 @@ impl Tools for ToolRegistry {
                 .unwrap_or_else(|| self.config.limits.clone()),
             session: Some(caller.session.clone()),
             ledger: Some(caller.ledger.clone()),
+            stop: None,
         };
         let runner = node.clone();
         let report = AbortOnDrop(tokio::spawn(async move {

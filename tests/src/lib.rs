@@ -162,6 +162,7 @@ pub fn request(name: &str, input: &str) -> RunRequest {
         limits: Limits::default(),
         session: None,
         ledger: None,
+        stop: None,
     }
 }
 

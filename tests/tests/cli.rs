@@ -22,7 +22,13 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn run_prints_output_and_exits_0() {
-    let out = airlock(&["run", skills::HELLO, "--input", r#"{"name":"Ada"}"#]);
+    let out = airlock(&[
+        "run",
+        "--dev",
+        skills::HELLO,
+        "--input",
+        r#"{"name":"Ada"}"#,
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "{\"greeting\":\"hello, Ada\"}\n");
     assert_eq!(text(&out.stderr), "");
@@ -30,7 +36,7 @@ fn run_prints_output_and_exits_0() {
 
 #[test]
 fn json_envelope_has_status_output_usage_and_decisions() {
-    let out = airlock(&["run", skills::HELLO, "--json"]);
+    let out = airlock(&["run", "--dev", skills::HELLO, "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(envelope["status"], "ok");
@@ -45,7 +51,14 @@ fn json_envelope_has_status_output_usage_and_decisions() {
 #[test]
 fn denied_capability_calls_are_listed_with_action_resource_and_reason() {
     let input = r#"{"calls":[{"op":"http.fetch","url":"https://api.example.com/x"}]}"#;
-    let out = airlock(&["run", skills::CAPABILITY_PROBE, "--input", input, "--json"]);
+    let out = airlock(&[
+        "run",
+        "--dev",
+        skills::CAPABILITY_PROBE,
+        "--input",
+        input,
+        "--json",
+    ]);
     assert_eq!(out.status.code(), Some(0));
     let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
     let decision = &envelope["decisions"][0];
@@ -57,7 +70,7 @@ fn denied_capability_calls_are_listed_with_action_resource_and_reason() {
     assert_eq!(decision["decision"]["verdict"], "deny");
     assert_eq!(decision["outcome"]["status"], "denied");
 
-    let human = airlock(&["run", skills::CAPABILITY_PROBE, "--input", input]);
+    let human = airlock(&["run", "--dev", skills::CAPABILITY_PROBE, "--input", input]);
     assert!(
         text(&human.stderr).contains(
             "airlock: `http.request` on Host `api.example.com` denied: no policy permits it"
@@ -69,7 +82,7 @@ fn denied_capability_calls_are_listed_with_action_resource_and_reason() {
 
 #[test]
 fn skill_error_exits_1() {
-    let out = airlock(&["run", skills::WORD_COUNT, "--input", "{}"]);
+    let out = airlock(&["run", "--dev", skills::WORD_COUNT, "--input", "{}"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).starts_with("airlock: the skill returned an error: input must be"));
     assert_eq!(text(&out.stdout), "");
@@ -77,7 +90,7 @@ fn skill_error_exits_1() {
 
 #[test]
 fn usage_errors_exit_2_with_a_plain_sentence() {
-    let out = airlock(&["run", skills::HELLO, "--input", "not json"]);
+    let out = airlock(&["run", "--dev", skills::HELLO, "--input", "not json"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(
@@ -89,17 +102,17 @@ fn usage_errors_exit_2_with_a_plain_sentence() {
         "{stderr}"
     );
 
-    let missing = airlock(&["run", "/nonexistent/skill.wasm"]);
+    let missing = airlock(&["run", "--dev", "/nonexistent/skill.wasm"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).starts_with("airlock: cannot read `/nonexistent/skill.wasm`"));
 
-    let bad_size = airlock(&["run", skills::HELLO, "--memory", "lots"]);
+    let bad_size = airlock(&["run", "--dev", skills::HELLO, "--memory", "lots"]);
     assert_eq!(bad_size.status.code(), Some(2));
 }
 
 #[test]
 fn rejected_skills_exit_3_naming_the_problem() {
-    let out = airlock(&["run", skills::RAW_SOCKET]);
+    let out = airlock(&["run", "--dev", skills::RAW_SOCKET]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("imports `wasi:sockets/"), "{stderr}");
@@ -107,7 +120,7 @@ fn rejected_skills_exit_3_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    let out = airlock(&["run", core.to_str().unwrap(), "--json"]);
+    let out = airlock(&["run", "--dev", core.to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(3));
     let envelope: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(envelope["status"], "rejected");
@@ -121,13 +134,13 @@ fn rejected_skills_exit_3_naming_the_problem() {
 
 #[test]
 fn limits_exit_4_naming_the_limit() {
-    let out = airlock(&["run", skills::INFINITE_LOOP, "--timeout", "200ms"]);
+    let out = airlock(&["run", "--dev", skills::INFINITE_LOOP, "--timeout", "200ms"]);
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(
         text(&out.stderr),
         "airlock: limit `deadline` reached: ran longer than 200ms\n"
     );
-    let out = airlock(&["run", skills::MEMORY_BOMB, "--memory", "8MiB"]);
+    let out = airlock(&["run", "--dev", skills::MEMORY_BOMB, "--memory", "8MiB"]);
     assert_eq!(out.status.code(), Some(4));
     assert!(text(&out.stderr).starts_with("airlock: limit `memory` reached"));
 }
@@ -135,7 +148,7 @@ fn limits_exit_4_naming_the_limit() {
 #[test]
 fn traps_exit_5_and_stderr_carries_the_panic_message() {
     let input = r#"{"calls": [{"op": "panic", "message": "boom"}]}"#;
-    let out = airlock(&["run", skills::CAPABILITY_PROBE, "--input", input]);
+    let out = airlock(&["run", "--dev", skills::CAPABILITY_PROBE, "--input", input]);
     assert_eq!(out.status.code(), Some(5));
     let stderr = text(&out.stderr);
     // The guest's panic message went to its stderr, which is a log line.
@@ -155,6 +168,7 @@ fn input_can_come_from_a_file() {
     std::fs::write(&input, r#"{"name": "file"}"#).unwrap();
     let out = airlock(&[
         "run",
+        "--dev",
         skills::HELLO,
         "--input-file",
         input.to_str().unwrap(),
@@ -165,7 +179,7 @@ fn input_can_come_from_a_file() {
 
 #[test]
 fn help_documents_exit_codes() {
-    let out = airlock(&["run", "--help"]);
+    let out = airlock(&["run", "--dev", "--help"]);
     let help = text(&out.stdout);
     for line in [
         "0  the skill returned output",
@@ -229,6 +243,7 @@ fn invalid_policies_stop_a_run_before_it_starts() {
     );
     let out = airlock(&[
         "run",
+        "--dev",
         skills::HELLO,
         "--policy",
         dir.path().to_str().unwrap(),
@@ -246,7 +261,7 @@ fn invalid_policies_stop_a_run_before_it_starts() {
 fn a_configuration_with_an_unknown_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let config = write(dir.path(), "airlock.toml", "[storage]\nmax_keyz = 3\n");
-    let out = airlock(&["--config", &config, "run", skills::HELLO]);
+    let out = airlock(&["--config", &config, "run", "--dev", skills::HELLO]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("unknown field `max_keyz`"),
@@ -266,6 +281,7 @@ fn shadow_mode_says_what_would_be_denied() {
         "--data-dir",
         dir.path().to_str().unwrap(),
         "run",
+        "--dev",
         skills::CAPABILITY_PROBE,
         "--policy",
         policies.to_str().unwrap(),
@@ -302,6 +318,7 @@ fn run_context_flags_reach_policy() {
             "--data-dir",
             dir.path().to_str().unwrap(),
             "run",
+            "--dev",
             skills::CAPABILITY_PROBE,
             "--policy",
             policies.to_str().unwrap(),
@@ -336,7 +353,7 @@ fn run_context_flags_reach_policy() {
 
 #[test]
 fn an_unknown_trust_level_is_a_usage_error() {
-    let out = airlock(&["run", skills::HELLO, "--trust", "total"]);
+    let out = airlock(&["run", "--dev", skills::HELLO, "--trust", "total"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("unknown trust level `total`"),
@@ -389,7 +406,7 @@ fn a_configuration_with_an_unusable_credential_is_refused() {
         "airlock.toml",
         "[credentials.github]\nkind = \"static\"\ndestination = \"https://api.github.com\"\n",
     );
-    let out = airlock(&["--config", &config, "run", skills::HELLO]);
+    let out = airlock(&["--config", &config, "run", "--dev", skills::HELLO]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         text(&out.stderr),
@@ -403,10 +420,10 @@ fn every_run_lands_in_an_audit_log_that_verifies_and_shows_safely() {
     let input = r#"{"calls":[{"op":"storage.get","key":"a\u001b[31mred\nforged"},{"op":"http.fetch","url":"https://api.example.com/x"}]}"#;
     let out = airlock_in(
         home.path(),
-        &["run", skills::CAPABILITY_PROBE, "--input", input],
+        &["run", "--dev", skills::CAPABILITY_PROBE, "--input", input],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let out = airlock_in(home.path(), &["run", skills::HELLO]);
+    let out = airlock_in(home.path(), &["run", "--dev", skills::HELLO]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
     let verified = airlock_in(home.path(), &["audit", "verify"]);
@@ -452,4 +469,146 @@ fn every_run_lands_in_an_audit_log_that_verifies_and_shows_safely() {
         "{}",
         text(&verified.stdout)
     );
+}
+
+#[test]
+fn a_skill_is_admitted_approved_run_by_digest_and_revoked() {
+    let home = tempfile::tempdir().unwrap();
+    let at = |args: &[&str]| airlock_in(home.path(), args);
+
+    let out = at(&["run", skills::HELLO]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("developer mode (add --dev)"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = at(&[
+        "admit",
+        skills::HELLO,
+        "--name",
+        "hello",
+        "--agent",
+        "planner",
+        "--trust",
+        "medium",
+        "--by",
+        "orchestrator",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let digest = stdout.lines().next().unwrap_or_default().to_string();
+    assert_eq!(digest.len(), 64, "{stdout}");
+    assert!(stdout.contains("hello pending"), "{stdout}");
+    let short = &digest[..12];
+
+    let out = at(&["run", short, "--input", r#"{"name":"Ada"}"#]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("pending review"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = at(&["approve", short, "--by", "orchestrator"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("submitted skill `hello` and cannot approve it"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = at(&["approve", short, "--by", "reviewer", "--expires-in", "1h"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let out = at(&["run", short, "--input", r#"{"name":"Ada"}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"greeting\":\"hello, Ada\"}\n");
+
+    let out = at(&["skills"]);
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains(short) && listing.contains("approved"),
+        "{listing}"
+    );
+    assert!(listing.contains("none (compute only)"), "{listing}");
+
+    let out = at(&[
+        "revoke",
+        short,
+        "--reason",
+        "superseded by v2",
+        "--by",
+        "security",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = at(&["run", short]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("is revoked: superseded by v2"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = at(&["inspect", short, "--json"]);
+    let inspected: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let history: Vec<&str> = inspected["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["to"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(history, ["pending", "approved", "revoked"]);
+
+    let out = at(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
+fn a_signing_key_signs_what_admission_verifies() {
+    let home = tempfile::tempdir().unwrap();
+    let at = |args: &[&str]| airlock_in(home.path(), args);
+    let key = home.path().join("release.key");
+    let out = at(&["signing-key", "new", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let public = text(&out.stdout).trim().to_string();
+    let config = home.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!("[admission]\nrequire_signature = true\n[admission.trusted_keys]\nrelease = \"{public}\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let admit = [
+        "--config",
+        config,
+        "admit",
+        skills::HELLO,
+        "--name",
+        "hello",
+        "--agent",
+        "a",
+        "--trust",
+        "low",
+        "--by",
+        "s",
+    ];
+    let out = at(&admit);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("only signed skills"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = at(&["sign", skills::HELLO, "--key", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let signature = home.path().join("hello.sig");
+    std::fs::write(&signature, &out.stdout).unwrap();
+    let mut signed = admit.to_vec();
+    signed.extend(["--signature", signature.to_str().unwrap(), "--json"]);
+    let out = at(&signed);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["signed_by"], "release");
 }

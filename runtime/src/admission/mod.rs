@@ -29,6 +29,7 @@ use crate::Error;
 use crate::digest::SkillDigest;
 use crate::inspect::Inspection;
 
+pub mod node;
 #[cfg(test)]
 mod tests;
 

@@ -322,6 +322,8 @@ pub fn run_events(
         "intent": subject.task.intent,
         "sensitivity": subject.task.sensitivity,
         "delegation": subject.delegation.chain,
+        // A file run in developer mode, not an admitted, approved skill.
+        "dev": !subject.skill.approved,
     }));
     for call in &report.decisions {
         let mut event = serde_json::to_value(call).unwrap_or_default();

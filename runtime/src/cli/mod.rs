@@ -1,5 +1,6 @@
 //! The `airlock` command: thin glue over the library.
 
+mod admit;
 mod audit;
 mod identity;
 mod policy;
@@ -42,6 +43,8 @@ enum Command {
     /// The audit log: verify it, show it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    #[command(flatten)]
+    Admin(admit::AdminCommand),
 }
 
 /// A failure of the command itself, with the exit code it maps to.
@@ -68,12 +71,15 @@ pub mod exit {
     pub const REJECTED: u8 = 3;
     pub const LIMIT: u8 = 4;
     pub const TRAP: u8 = 5;
+    pub const STOPPED: u8 = 6;
 }
 
 impl From<crate::Error> for Failure {
     fn from(e: crate::Error) -> Self {
         let code = match e {
-            crate::Error::Rejected(_) | crate::Error::Incompatible(_) => exit::REJECTED,
+            crate::Error::Rejected(_)
+            | crate::Error::Incompatible(_)
+            | crate::Error::Admission(_) => exit::REJECTED,
             _ => exit::USAGE,
         };
         Failure {
@@ -138,6 +144,11 @@ pub fn main() -> ExitCode {
                 let config = config?;
                 let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
                 audit::run(command, &config, data_dir)
+            }
+            Command::Admin(command) => {
+                let config = config?;
+                let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
+                admit::run(command, config, data_dir).await
             }
             Command::Serve(args) => {
                 let config = config?;

@@ -23,7 +23,8 @@ Exit codes:
   2  usage or configuration error
   3  skill rejected (not a component, malformed, forbidden import)
   4  a limit was hit (the message names it)
-  5  the skill trapped";
+  5  the skill trapped
+  6  the instance was stopped (its skill was revoked or quarantined)";
 
 /// Run a skill once and print its output.
 ///
@@ -34,9 +35,17 @@ Exit codes:
 #[derive(Debug, Args)]
 #[command(after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
 pub struct RunArgs {
-    /// The skill: a WebAssembly component (`cargo build --target wasm32-wasip2`).
-    #[arg(value_name = "SKILL.wasm")]
-    skill: PathBuf,
+    /// The skill: the digest of an admitted, approved skill (or a unique
+    /// prefix of it), or with `--dev` a component file
+    /// (`cargo build --target wasm32-wasip2`).
+    #[arg(value_name = "DIGEST|SKILL.wasm")]
+    skill: String,
+
+    /// Developer mode: run a component file that has not been admitted. The
+    /// run is marked as such in the audit log, and policies see the skill as
+    /// not approved.
+    #[arg(long)]
+    dev: bool,
 
     /// Input for the skill, as JSON text.
     #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
@@ -76,11 +85,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = "local")]
     environment: String,
 
-    /// The agent that generated the skill.
+    /// The agent that generated the skill (`--dev` only: an admitted skill
+    /// runs as the agent it was admitted with).
     #[arg(long, value_name = "ID", default_value = "unknown")]
     agent: String,
 
-    /// How far that agent is trusted: untrusted, low, medium, high.
+    /// How far that agent is trusted: untrusted, low, medium, high (`--dev`
+    /// only, like `--agent`).
     #[arg(long, value_name = "LEVEL", default_value = "untrusted")]
     trust: Trust,
 
@@ -196,8 +207,13 @@ struct RejectedError<'a> {
 pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Result<u8, Failure> {
     let limits = args.limits(&config.limits);
     let input = args.input()?;
-    let bytes = std::fs::read(&args.skill)
-        .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", args.skill.display())))?;
+    let path = PathBuf::from(&args.skill);
+    if !args.dev && path.is_file() {
+        return Err(Failure::usage(format!(
+            "`{}` is a file: running a file that has not been admitted is developer mode (add --dev), or admit it (`airlock admit`) and run it by digest once approved",
+            path.display()
+        )));
+    }
     let options = NodeOptions {
         engine: EngineConfig {
             pooling: !args.no_pooling,
@@ -217,24 +233,20 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
         resolver: None,
     };
     let node = Node::new(config, options)?;
-    let skill = match node.load(bytes).await {
-        Ok(skill) => skill,
-        Err(e) => {
-            let failure = Failure::from(e);
-            if args.json {
-                print_json(&Rejected {
-                    status: "rejected",
-                    error: RejectedError {
-                        message: &failure.message,
-                    },
-                });
-                return Ok(failure.code);
-            }
-            return Err(failure);
+    let rejected = |e: crate::Error| {
+        let failure = Failure::from(e);
+        if args.json {
+            print_json(&Rejected {
+                status: "rejected",
+                error: RejectedError {
+                    message: &failure.message,
+                },
+            });
+            return Ok(failure.code);
         }
+        Err(failure)
     };
-    let name = args
-        .skill
+    let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -265,13 +277,38 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
         limits,
         session: None,
         ledger: None,
+        stop: None,
     };
-    let report = node.run(&skill, request).await;
+    let report = if args.dev {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", path.display())))?;
+        match node.load(bytes).await {
+            Ok(skill) => node.run(&skill, request).await,
+            Err(e) => return rejected(e),
+        }
+    } else {
+        let looks_like_digest = args.skill.bytes().all(|b| b.is_ascii_hexdigit());
+        let digest = match node.skills().and_then(|s| s.resolve(&args.skill)) {
+            Ok(digest) => digest,
+            Err(_) if !looks_like_digest => {
+                return Err(Failure::usage(format!(
+                    "`{}` is neither a file nor the digest of an admitted skill",
+                    escape(&args.skill, 200)
+                )));
+            }
+            Err(e) => return rejected(e),
+        };
+        match node.run_admitted(digest, request).await {
+            Ok(report) => report,
+            Err(e) => return rejected(e),
+        }
+    };
     let code = match report.status {
         RunStatus::Ok => exit::OK,
         RunStatus::SkillError => exit::SKILL_ERROR,
         RunStatus::Limit => exit::LIMIT,
         RunStatus::Trap => exit::TRAP,
+        RunStatus::Stopped => exit::STOPPED,
     };
     if args.json {
         print_json(&report);

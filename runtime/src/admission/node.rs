@@ -1,0 +1,371 @@
+//! Admission on a node: admit, review, run by digest, stop running
+//! instances of a skill that is held, and quarantine a skill that keeps
+//! being denied.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use airlock_host_apis::{Mode, SkillIdentity, Verdict};
+use serde_json::json;
+
+use super::{Changed, SkillRecord, SkillStore, State, Submission, check_signature};
+use crate::Error;
+use crate::digest::SkillDigest;
+use crate::node::Node;
+use crate::run::{RunReport, RunRequest, Stopper};
+
+/// How often a run checks whether another process held its skill.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
+/// The instances running on this node, by skill, and recent denials.
+#[derive(Debug, Default)]
+pub struct Running {
+    next: AtomicU64,
+    instances: Mutex<HashMap<SkillDigest, HashMap<u64, Stopper>>>,
+    denials: Mutex<HashMap<SkillDigest, VecDeque<Instant>>>,
+}
+
+impl Running {
+    fn register(self: &Arc<Self>, digest: SkillDigest, stop: Stopper) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(digest)
+            .or_default()
+            .insert(id, stop);
+        Registration {
+            running: self.clone(),
+            digest,
+            id,
+        }
+    }
+
+    /// Stop every running instance of `digest`; returns how many.
+    pub fn stop(&self, digest: &SkillDigest, reason: &str) -> usize {
+        let instances = self
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stoppers = instances
+            .get(digest)
+            .map(|m| m.values())
+            .into_iter()
+            .flatten();
+        let mut count = 0;
+        for stop in stoppers {
+            stop.stop(reason);
+            count += 1;
+        }
+        count
+    }
+
+    /// Count `denied` calls of `digest` now; true when the last `window`
+    /// holds at least `threshold` of them.
+    fn deny(&self, digest: SkillDigest, denied: usize, threshold: u32, window: Duration) -> bool {
+        if threshold == 0 || denied == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let mut denials = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+        let recent = denials.entry(digest).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            recent.pop_front();
+        }
+        recent.extend(std::iter::repeat_n(now, denied));
+        let cap = threshold as usize;
+        while recent.len() > cap {
+            recent.pop_front();
+        }
+        if recent.len() >= cap {
+            recent.clear();
+            return true;
+        }
+        false
+    }
+}
+
+struct Registration {
+    running: Arc<Running>,
+    digest: SkillDigest,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut instances = self
+            .running
+            .instances
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(map) = instances.get_mut(&self.digest) {
+            map.remove(&self.id);
+            if map.is_empty() {
+                instances.remove(&self.digest);
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct Abort(tokio::task::JoinHandle<()>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| Error::Engine(format!("a skill store task failed: {e}")))?
+}
+
+impl Node {
+    /// The skill store, or why there is none.
+    pub fn skills(&self) -> Result<&Arc<SkillStore>, Error> {
+        self.store.as_ref().ok_or_else(|| {
+            Error::Admission("admitted skills need a data directory (--data-dir)".into())
+        })
+    }
+
+    /// Record lifecycle events in the audit log, durably.
+    async fn record(&self, events: Vec<serde_json::Value>) -> Result<(), Error> {
+        let Some(audit) = self.services().audit.clone() else {
+            return Ok(());
+        };
+        let events: Vec<_> = events.into_iter().map(crate::audit::bounded).collect();
+        blocking(move || audit.append(&events).map(|_| ())).await
+    }
+
+    /// Admit a component: refused with a reason if the engine would refuse
+    /// it (inspection, compiling, linking) or its signature does not satisfy
+    /// the operator. Returns the record and whether it is new.
+    pub async fn admit(
+        &self,
+        bytes: Vec<u8>,
+        submission: Submission,
+    ) -> Result<(SkillRecord, bool), Error> {
+        let store = self.skills()?.clone();
+        let digest = SkillDigest::of(&bytes);
+        let signed_by = check_signature(
+            &digest,
+            submission.signature.as_deref(),
+            &self.trusted_keys,
+            self.config().admission.require_signature,
+        )?;
+        let engine = self.engine().clone();
+        let (record, fresh) = blocking(move || {
+            let loaded = engine.load(&bytes)?;
+            store.admit(&bytes, &loaded.inspection, &submission, signed_by)
+        })
+        .await?;
+        if fresh {
+            self.record(vec![json!({
+                "kind": "skill.admit",
+                "digest": record.digest,
+                "skill": record.name,
+                "agent": record.agent,
+                "trust": record.trust,
+                "submitter": record.submitter,
+                "capabilities": record.capabilities,
+                "imports": record.imports,
+                "signed_by": record.signed_by,
+            })])
+            .await?;
+        }
+        Ok((record, fresh))
+    }
+
+    /// Approve a skill for `ttl` (the configured default when `None`).
+    pub async fn approve(
+        &self,
+        digest: SkillDigest,
+        reviewer: &str,
+        ttl: Option<Duration>,
+    ) -> Result<SkillRecord, Error> {
+        let store = self.skills()?.clone();
+        let config = self.config().admission.clone();
+        let ttl = ttl.unwrap_or(config.default_expiry);
+        let reviewer = reviewer.to_string();
+        let changed = blocking(move || store.approve(&digest, &reviewer, ttl, &config)).await?;
+        self.record_change(&changed, false).await?;
+        Ok(changed.record)
+    }
+
+    /// Quarantine a skill: its running instances stop now.
+    pub async fn quarantine(
+        &self,
+        digest: SkillDigest,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SkillRecord, Error> {
+        self.hold(digest, actor, reason, State::Quarantined, false)
+            .await
+    }
+
+    /// Revoke a skill for good: its running instances stop now.
+    pub async fn revoke(
+        &self,
+        digest: SkillDigest,
+        actor: &str,
+        reason: &str,
+    ) -> Result<SkillRecord, Error> {
+        self.hold(digest, actor, reason, State::Revoked, false)
+            .await
+    }
+
+    async fn hold(
+        &self,
+        digest: SkillDigest,
+        actor: &str,
+        reason: &str,
+        to: State,
+        automatic: bool,
+    ) -> Result<SkillRecord, Error> {
+        let store = self.skills()?.clone();
+        let (actor, reason) = (actor.to_string(), reason.to_string());
+        let changed = blocking(move || match to {
+            State::Revoked => store.revoke(&digest, &actor, &reason),
+            _ => store.quarantine(&digest, &actor, &reason),
+        })
+        .await?;
+        let reason = changed.record.reason.clone().unwrap_or_default();
+        self.running
+            .stop(&digest, &format!("skill {digest} was {to}: {reason}"));
+        self.record_change(&changed, automatic).await?;
+        Ok(changed.record)
+    }
+
+    async fn record_change(&self, changed: &Changed, automatic: bool) -> Result<(), Error> {
+        let record = &changed.record;
+        let mut event = json!({
+            "kind": format!("skill.{}", match record.state {
+                State::Approved => "approve",
+                State::Quarantined => "quarantine",
+                State::Revoked => "revoke",
+                State::Pending | State::Expired => "change",
+            }),
+            "digest": record.digest,
+            "skill": record.name,
+            "from": changed.from,
+            "to": record.state,
+            "reason": record.reason,
+        });
+        if let Some(map) = event.as_object_mut() {
+            if record.state == State::Approved {
+                map.insert("reviewer".into(), json!(record.reviewer));
+                map.insert("expires_ms".into(), json!(record.expires_ms));
+            }
+            if automatic {
+                map.insert("automatic".into(), json!(true));
+            }
+        }
+        self.record(vec![event]).await
+    }
+
+    /// Run an admitted skill: only if it is approved and unexpired now, its
+    /// stored bytes re-hashed, as the agent and trust it was admitted with.
+    /// If the skill is quarantined or revoked while the run goes on (here or
+    /// in another process), the instance is stopped.
+    pub async fn run_admitted(
+        &self,
+        digest: SkillDigest,
+        mut request: RunRequest,
+    ) -> Result<RunReport, Error> {
+        let store = self.skills()?.clone();
+        let check = store.clone();
+        let (record, bytes) = blocking(move || {
+            let record = check.get(&digest)?.ok_or_else(|| {
+                Error::Admission(format!("no admitted skill has digest {digest}"))
+            })?;
+            if let Some(refusal) = record.refusal() {
+                return Err(Error::Admission(refusal));
+            }
+            let bytes = check.load(&digest)?;
+            Ok((record, bytes))
+        })
+        .await?;
+        let skill = self.load(bytes).await?;
+        request.subject.skill = SkillIdentity {
+            digest: digest.to_hex(),
+            name: record.name.clone(),
+            approved: true,
+            labels: request.subject.skill.labels,
+        };
+        request.subject.agent.id = record.agent.clone();
+        request.subject.agent.trust = record.trust;
+        let stop = request.stop.clone().unwrap_or_default();
+        request.stop = Some(stop.clone());
+        let _registered = self.running.register(digest, stop.clone());
+        let _watch = Abort(tokio::spawn(watch(store, digest, stop)));
+        let report = self.run(&skill, request).await;
+        self.count_denials(digest, &report).await;
+        Ok(report)
+    }
+
+    async fn count_denials(&self, digest: SkillDigest, report: &RunReport) {
+        let config = &self.config().admission;
+        let denied = report
+            .decisions
+            .iter()
+            .filter(|r| r.decision.verdict == Verdict::Deny && r.decision.mode == Mode::Enforce)
+            .count();
+        if !self.running.deny(
+            digest,
+            denied,
+            config.quarantine_after,
+            config.quarantine_window,
+        ) {
+            return;
+        }
+        let reason = format!(
+            "{} denied calls within {}",
+            config.quarantine_after,
+            humantime::format_duration(config.quarantine_window)
+        );
+        match self
+            .hold(digest, "airlock", &reason, State::Quarantined, true)
+            .await
+        {
+            Ok(_) => tracing::warn!(skill = %digest, %reason, "skill quarantined automatically"),
+            Err(e) => tracing::error!(skill = %digest, error = %e, "could not quarantine a skill"),
+        }
+    }
+}
+
+/// Stop the instance if another process quarantines or revokes its skill.
+async fn watch(store: Arc<SkillStore>, digest: SkillDigest, stop: Stopper) {
+    let mut seen = None;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let store = store.clone();
+        let news = tokio::task::spawn_blocking(move || {
+            let version = store.data_version()?;
+            if seen == Some(version) {
+                return Ok((version, None));
+            }
+            Ok::<_, Error>((version, store.get(&digest)?))
+        })
+        .await;
+        let Ok(Ok((version, record))) = news else {
+            continue;
+        };
+        seen = Some(version);
+        if let Some(record) = record
+            && matches!(record.state, State::Quarantined | State::Revoked)
+        {
+            let reason = record.reason.unwrap_or_default();
+            stop.stop(format!("skill {digest} was {}: {reason}", record.state));
+            return;
+        }
+    }
+}

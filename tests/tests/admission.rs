@@ -1,0 +1,338 @@
+//! Admission and lifecycle on a node: only approved, unexpired skills run by
+//! digest, as the agent they were admitted with; holding a skill stops its
+//! running instances, here or from another process; a skill that keeps
+//! being denied is quarantined on its own.
+
+use std::time::Duration;
+
+use airlock_runtime::admission::{State, Submission};
+use airlock_runtime::run::{RunReport, RunStatus};
+use airlock_runtime::{Error, SkillDigest, audit};
+use airlock_tests::{TestNode, request, skills, wasm};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+fn submission(name: &str) -> Submission {
+    Submission {
+        name: name.into(),
+        agent: "planner".into(),
+        trust: airlock_host_apis::Trust::Medium,
+        submitter: "orchestrator".into(),
+        ..Submission::default()
+    }
+}
+
+async fn admit(node: &TestNode, path: &str) -> SkillDigest {
+    let (record, fresh) = node
+        .node
+        .admit(wasm(path), submission(airlock_tests::name_of(path)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(fresh);
+    assert_eq!(record.state, State::Pending);
+    record.digest
+}
+
+async fn run(node: &TestNode, digest: SkillDigest, input: &str) -> Result<RunReport, Error> {
+    node.node
+        .run_admitted(digest, request("ignored", input))
+        .await
+}
+
+fn refusal(result: Result<RunReport, Error>) -> String {
+    match result {
+        Ok(report) => panic!("ran: {:?}", report.status),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Every audit event of `kind`.
+fn events(node: &TestNode, kind: &str) -> Vec<Value> {
+    let path = node.dir.path().join("data/audit/audit.jsonl");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<audit::Record>(l).ok())
+        .map(|r| r.event)
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+#[tokio::test]
+async fn only_an_approved_skill_runs_and_as_the_agent_it_was_admitted_with() {
+    let node = TestNode::new("", &[]);
+    let digest = admit(&node, skills::HELLO).await;
+    let err = refusal(run(&node, digest, r#"{"name":"Ada"}"#).await);
+    assert!(err.contains("pending review"), "{err}");
+
+    let err = node
+        .node
+        .approve(digest, "orchestrator", None)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("cannot approve it"), "{err}");
+
+    node.node
+        .approve(digest, "reviewer", Some(Duration::from_secs(3600)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = run(&node, digest, r#"{"name":"Ada"}"#)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        report.output.as_deref(),
+        Some(r#"{"greeting":"hello, Ada"}"#)
+    );
+
+    let start = events(&node, "run.start");
+    let start = start.last().unwrap_or_else(|| panic!("no run.start"));
+    assert_eq!(start["digest"], digest.to_hex());
+    assert_eq!(start["agent"], "planner");
+    assert_eq!(start["trust"], "medium");
+    assert_eq!(start["dev"], false);
+    let kinds: Vec<Value> = ["skill.admit", "skill.approve"]
+        .iter()
+        .map(|k| events(&node, k).len().into())
+        .collect();
+    assert_eq!(kinds, vec![json!(1), json!(1)]);
+}
+
+#[tokio::test]
+async fn an_expired_skill_is_refused() {
+    let node = TestNode::new("", &[]);
+    let digest = admit(&node, skills::HELLO).await;
+    node.node
+        .approve(digest, "reviewer", Some(Duration::from_millis(50)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = refusal(run(&node, digest, "{}").await);
+    assert!(err.contains("expired"), "{err}");
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_the_stored_component_is_refused_at_load() {
+    let node = TestNode::new("", &[]);
+    let digest = admit(&node, skills::HELLO).await;
+    node.node
+        .approve(digest, "reviewer", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let blob = node
+        .dir
+        .path()
+        .join(format!("data/skills/blobs/{digest}.wasm"));
+    let mut bytes = std::fs::read(&blob).unwrap_or_default();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&blob, &bytes).unwrap_or_else(|e| panic!("{e}"));
+    let err = refusal(run(&node, digest, "{}").await);
+    assert!(err.contains("has changed on disk"), "{err}");
+}
+
+#[tokio::test]
+async fn admission_refuses_what_the_engine_would_refuse_and_stores_nothing() {
+    let node = TestNode::new("", &[]);
+    let err = node
+        .node
+        .admit(wasm(skills::RAW_SOCKET), submission("raw-socket"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("wasi:sockets"), "{err}");
+    let err = node
+        .node
+        .admit(b"\0asm\x01\0\0\0".to_vec(), submission("core-module"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("not a component"), "{err}");
+    let store = node.node.skills().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(store.list().map(|l| l.len()).ok(), Some(0));
+    assert!(events(&node, "skill.admit").is_empty());
+}
+
+#[tokio::test]
+async fn admission_records_what_the_skill_can_request() {
+    let node = TestNode::new("", &[]);
+    let (record, _) = node
+        .node
+        .admit(wasm(skills::CAPABILITY_PROBE), submission("probe"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for capability in ["http", "storage", "secrets", "tools"] {
+        assert!(
+            record.capabilities.iter().any(|c| c == capability),
+            "{:?}",
+            record.capabilities
+        );
+    }
+    let (hello, _) = node
+        .node
+        .admit(wasm(skills::HELLO), submission("hello"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !hello.capabilities.iter().any(|c| c == "http"),
+        "{:?}",
+        hello.capabilities
+    );
+}
+
+#[tokio::test]
+async fn a_signature_from_a_trusted_key_can_be_required() {
+    use ed25519_dalek::Signer;
+    let key = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes());
+    let config = format!(
+        "[admission]\nrequire_signature = true\n[admission.trusted_keys]\nrelease = \"{public}\"\n"
+    );
+    let node = TestNode::new(&config, &[]);
+    let bytes = wasm(skills::HELLO);
+    let err = node
+        .node
+        .admit(bytes.clone(), submission("hello"))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("only signed skills"), "{err}");
+
+    let digest = SkillDigest::of(&bytes);
+    let forged = ed25519_dalek::SigningKey::from_bytes(&[1; 32]).sign(digest.as_bytes());
+    let mut signed = submission("hello");
+    signed.signature = Some(forged.to_bytes().to_vec());
+    let err = node
+        .node
+        .admit(bytes.clone(), signed.clone())
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("does not verify"), "{err}");
+
+    signed.signature = Some(key.sign(digest.as_bytes()).to_bytes().to_vec());
+    let (record, _) = node
+        .node
+        .admit(bytes, signed)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(record.signed_by.as_deref(), Some("release"));
+}
+
+/// Start a run of the probe that sleeps, in the background.
+fn sleeping_run(
+    node: &TestNode,
+    digest: SkillDigest,
+) -> tokio::task::JoinHandle<Result<RunReport, Error>> {
+    let input = json!({"calls": [{"op": "sleep", "count": 20000}]}).to_string();
+    let runner = node.node.clone();
+    tokio::spawn(async move {
+        runner
+            .run_admitted(digest, request("ignored", &input))
+            .await
+    })
+}
+
+async fn approved_probe(node: &TestNode) -> SkillDigest {
+    let digest = admit(node, skills::CAPABILITY_PROBE).await;
+    node.node
+        .approve(digest, "reviewer", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    digest
+}
+
+#[tokio::test]
+async fn quarantining_a_skill_stops_its_running_instances() {
+    let node = TestNode::new("", &[]);
+    let digest = approved_probe(&node).await;
+    let running = sleeping_run(&node, digest);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    node.node
+        .quarantine(digest, "security", "it tried the metadata service")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = running
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(report.status, RunStatus::Stopped);
+    let message = report.error.map(|e| e.message).unwrap_or_default();
+    assert!(
+        message.contains("quarantined: it tried the metadata service"),
+        "{message}"
+    );
+    assert!(node.node.vault().leases(&report.instance).is_empty());
+    let err = refusal(run(&node, digest, "{}").await);
+    assert!(err.contains("quarantined"), "{err}");
+    let end = events(&node, "run.end");
+    assert_eq!(
+        end.last().map(|e| e["status"].clone()),
+        Some(json!("stopped"))
+    );
+}
+
+#[tokio::test]
+async fn revoking_from_another_process_stops_running_instances() {
+    let node = TestNode::new("", &[]);
+    let digest = approved_probe(&node).await;
+    let running = sleeping_run(&node, digest);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another process on the same data directory: its own store handle.
+    let other = airlock_runtime::admission::SkillStore::open(&node.dir.path().join("data/skills"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    other
+        .revoke(&digest, "security", "leaked in a prompt")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .unwrap_or_else(|_| panic!("the instance was not stopped"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.status, RunStatus::Stopped);
+    let message = report.error.map(|e| e.message).unwrap_or_default();
+    assert!(message.contains("revoked: leaked in a prompt"), "{message}");
+}
+
+#[tokio::test]
+async fn repeated_denials_quarantine_a_skill_automatically() {
+    let node = TestNode::new(
+        "[admission]\nquarantine_after = 5\nquarantine_window = \"1m\"\n",
+        &[],
+    );
+    let digest = approved_probe(&node).await;
+    // No policy allows storage: each get is denied.
+    let denied = json!({"calls": [
+        {"op": "storage.get", "key": "a"},
+        {"op": "storage.get", "key": "b"},
+        {"op": "storage.get", "key": "c"},
+    ]})
+    .to_string();
+    let first = run(&node, digest, &denied)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(first.status, RunStatus::Ok);
+    let store = node.node.skills().unwrap_or_else(|e| panic!("{e}"));
+    let state = |d| store.get(&d).ok().flatten().map(|r| r.state);
+    assert_eq!(state(digest), Some(State::Approved), "3 of 5 so far");
+    run(&node, digest, &denied)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state(digest), Some(State::Quarantined));
+    let record = store.get(&digest).ok().flatten();
+    assert_eq!(
+        record.and_then(|r| r.reason).as_deref(),
+        Some("5 denied calls within 1m")
+    );
+    let quarantine = events(&node, "skill.quarantine");
+    assert_eq!(quarantine.len(), 1);
+    assert_eq!(quarantine[0]["automatic"], true);
+    let err = refusal(run(&node, digest, &denied).await);
+    assert!(err.contains("quarantined: 5 denied calls"), "{err}");
+}
