@@ -175,8 +175,13 @@ pub struct HostConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ToolConfig {
-    /// The skill's component file.
-    pub skill: PathBuf,
+    /// The skill's component file (a developer's tool, not admitted).
+    #[serde(default)]
+    pub skill: Option<PathBuf>,
+    /// An admitted skill, by digest: it runs only while approved, checked at
+    /// every invocation.
+    #[serde(default)]
+    pub digest: Option<crate::digest::SkillDigest>,
     /// `low`, `medium` or `high`.
     #[serde(default = "default_risk")]
     pub risk: Risk,
@@ -351,7 +356,9 @@ impl Config {
             resolve(root);
         }
         for tool in self.tools.values_mut() {
-            resolve(&mut tool.skill);
+            if let Some(skill) = &mut tool.skill {
+                resolve(skill);
+            }
         }
         if let Some(roots) = &mut self.egress.extra_roots {
             resolve(roots);
@@ -380,9 +387,14 @@ impl Config {
                 )));
             }
         }
-        for name in self.tools.keys() {
+        for (name, tool) in &self.tools {
             if name.is_empty() {
                 return Err(Error::Config("a tool name is empty".into()));
+            }
+            if tool.skill.is_some() == tool.digest.is_some() {
+                return Err(Error::Config(format!(
+                    "tools.{name}: give exactly one of `skill` (a component file) and `digest` (an admitted skill)"
+                )));
             }
         }
         self.admission.keys()?;

@@ -65,6 +65,29 @@ impl ToolRegistry {
     }
 
     async fn skill(&self, node: &Arc<Node>, name: &str) -> Result<Arc<LoadedSkill>, CallError> {
+        let Some(tool) = self.config.tools.get(name) else {
+            return Err(not_found(name));
+        };
+        if let Some(digest) = tool.digest {
+            // An admitted skill may be held at any time: checked every call.
+            let store = node
+                .skills()
+                .map_err(|e| CallError::Unavailable(format!("tool `{name}`: {e}")))?
+                .clone();
+            let refusal = tokio::task::spawn_blocking(move || {
+                store
+                    .get(&digest)
+                    .map(|r| r.map_or(Some("it is not admitted".into()), |r| r.refusal()))
+            })
+            .await
+            .map_err(|e| CallError::Unavailable(format!("tool `{name}`: {e}")))?
+            .map_err(|e| CallError::Unavailable(format!("tool `{name}`: {e}")))?;
+            if let Some(refusal) = refusal {
+                return Err(CallError::Unavailable(format!(
+                    "tool `{name}` is not available: {refusal}"
+                )));
+            }
+        }
         if let Some(skill) = self
             .loaded
             .lock()
@@ -73,14 +96,18 @@ impl ToolRegistry {
         {
             return Ok(skill.clone());
         }
-        let Some(tool) = self.config.tools.get(name) else {
-            return Err(not_found(name));
-        };
-        let path = tool.skill.clone();
+        let source = (tool.skill.clone(), tool.digest);
         let loader = node.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path)
-                .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+            let bytes = match source {
+                (_, Some(digest)) => loader
+                    .skills()
+                    .and_then(|store| store.load(&digest))
+                    .map_err(|e| e.to_string())?,
+                (Some(path), None) => std::fs::read(&path)
+                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?,
+                (None, None) => return Err("no skill is configured".to_string()),
+            };
             loader.engine().load(&bytes).map_err(|e| e.to_string())
         })
         .await
@@ -142,7 +169,7 @@ impl Tools for ToolRegistry {
             skill: SkillIdentity {
                 digest: String::new(),
                 name: name.to_string(),
-                // Registered by the operator.
+                // Registered by the operator; an admitted one is approved now.
                 approved: true,
                 labels: Default::default(),
             },

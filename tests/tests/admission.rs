@@ -336,3 +336,52 @@ async fn repeated_denials_quarantine_a_skill_automatically() {
     let err = refusal(run(&node, digest, &denied).await);
     assert!(err.contains("quarantined: 5 denied calls"), "{err}");
 }
+
+#[tokio::test]
+async fn a_tool_by_digest_runs_only_while_its_skill_is_approved() {
+    let hello = SkillDigest::of(&wasm(skills::HELLO));
+    let config = format!("[tools.greet]\ndigest = \"{hello}\"\nrisk = \"low\"\n");
+    let policies = r#"
+@id("test/tools")
+permit (principal, action == Airlock::Action::"tool.invoke", resource);
+"#;
+    let node = TestNode::new(&config, &[("p.cedar", policies)]);
+    let caller = approved_probe(&node).await;
+    let invoke =
+        json!({"calls": [{"op": "tools.invoke", "name": "greet", "input": "{\"name\":\"Tool\"}"}]})
+            .to_string();
+    let result = |report: RunReport| airlock_tests::results(&report)[0].clone();
+
+    // Not admitted yet.
+    let report = run(&node, caller, &invoke)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = result(report);
+    assert!(first.to_string().contains("tool `greet`"), "{first}");
+    assert!(!first.to_string().contains("hello, Tool"), "{first}");
+
+    admit(&node, skills::HELLO).await;
+    node.node
+        .approve(hello, "reviewer", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = run(&node, caller, &invoke)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ok = result(report);
+    assert!(ok.to_string().contains("hello, Tool"), "{ok}");
+
+    // Quarantined: refused at the next invocation, though already loaded.
+    node.node
+        .quarantine(hello, "security", "under review")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = run(&node, caller, &invoke)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let held = result(report);
+    assert!(
+        held.to_string().contains("quarantined: under review"),
+        "{held}"
+    );
+}
