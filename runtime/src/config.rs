@@ -34,6 +34,28 @@ pub struct Config {
     /// Who and what may be admitted, for how long, and when a skill is
     /// quarantined on its own.
     pub admission: crate::admission::AdmissionConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit log: `[audit]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Below this many free bytes on the audit log's file system, new runs
+    /// are refused rather than records dropped.
+    pub min_free_space: u64,
+    /// After this many identical denials in one instance, one record counts
+    /// the rest.
+    pub max_identical_denials: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            min_free_space: 64 << 20,
+            max_identical_denials: 10,
+        }
+    }
 }
 
 /// Outbound HTTP: limits, redirects, and the only way to reach a special

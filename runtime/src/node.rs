@@ -139,10 +139,13 @@ impl Node {
         };
         let operator = Arc::new(HttpEgress::new(&operator, resolver)?);
         let audit = match &config.data_dir {
-            Some(dir) => Some(Arc::new(crate::audit::AuditLog::open(
-                &dir.join("audit").join("audit.jsonl"),
-                issuer.keys().clone(),
-            )?)),
+            Some(dir) => Some(Arc::new(
+                crate::audit::AuditLog::open(
+                    &dir.join("audit").join("audit.jsonl"),
+                    issuer.keys().clone(),
+                )?
+                .with_settings(config.audit.clone()),
+            )),
             None => None,
         };
         let vault = Arc::new(Vault::new(

@@ -130,6 +130,9 @@ pub enum RunStatus {
     /// The instance was stopped from outside: its skill was revoked or
     /// quarantined while it ran.
     Stopped,
+    /// The run could not be recorded in the audit log: it was refused
+    /// before starting, or its result is withheld.
+    AuditFailed,
 }
 
 /// Why a run did not produce output.
@@ -191,6 +194,30 @@ impl Drop for Held {
         {
             handle.spawn(revocation);
         }
+    }
+}
+
+/// The report of a run that did not start because it could not be recorded.
+fn refused(instance: String, subject: &Subject, skill: &LoadedSkill, why: String) -> RunReport {
+    RunReport {
+        instance,
+        skill: subject.skill.name.clone(),
+        status: RunStatus::AuditFailed,
+        output: None,
+        error: Some(RunError {
+            limit: None,
+            message: format!("the run was refused: {why}"),
+        }),
+        usage: Usage {
+            duration_us: 0,
+            peak_memory_bytes: 0,
+            host_calls: 0,
+            compile: skill.source,
+        },
+        decisions: Vec::new(),
+        session: SessionState::default(),
+        logs: Vec::new(),
+        logs_dropped: 0,
     }
 }
 
@@ -299,6 +326,17 @@ impl Engine {
         subject.instance = instance.clone();
         subject.skill.digest = skill.digest().to_hex();
         let subject = Arc::new(subject);
+        if let Some(audit) = &services.audit {
+            // Rather not run at all than run unrecorded.
+            if let Err(e) = audit.check_space() {
+                return refused(instance, &subject, skill, e.to_string());
+            }
+            // On disk soon, without holding the run up: a host that dies
+            // mid-run still shows what started.
+            let ticket = audit.enqueue(vec![crate::audit::start_event(&subject)]);
+            let audit = audit.clone();
+            drop(tokio::task::spawn_blocking(move || audit.flush(ticket)));
+        }
         let session = request.session.unwrap_or_default();
         let session_view = session.clone();
         let ledger = request.ledger.unwrap_or_default();
@@ -458,7 +496,7 @@ impl Engine {
         {
             tracing::warn!(instance = %instance, "revoking credentials at their issuers took too long");
         }
-        let report = RunReport {
+        let mut report = RunReport {
             instance,
             skill: subject.skill.name.clone(),
             status,
@@ -476,18 +514,23 @@ impl Engine {
             logs_dropped,
         };
         if let Some(audit) = &services.audit {
-            // On disk before anyone sees the result.
+            // On disk before anyone sees the result; a result that cannot be
+            // recorded is withheld.
             let audit = audit.clone();
-            let events = crate::audit::run_events(&subject, &report);
-            let written = tokio::task::spawn_blocking(move || audit.append(&events)).await;
-            match written {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, instance = %report.instance, "the run's audit records were not written")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, instance = %report.instance, "the audit writer failed")
-                }
+            let events =
+                crate::audit::end_events(&subject, &report, audit.settings().max_identical_denials);
+            let written = tokio::task::spawn_blocking(move || audit.append(&events))
+                .await
+                .map_err(|e| format!("the audit writer failed: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Err(why) = written {
+                tracing::error!(error = %why, instance = %report.instance, "the run's audit records were not written");
+                report.status = RunStatus::AuditFailed;
+                report.output = None;
+                report.error = Some(RunError {
+                    limit: None,
+                    message: format!("the run's result is withheld: {why}"),
+                });
             }
         }
         report

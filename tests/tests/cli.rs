@@ -433,9 +433,30 @@ fn every_run_lands_in_an_audit_log_that_verifies_and_shows_safely() {
         "{}",
         text(&verified.stderr)
     );
-    // Run 1: start, two calls, end, checkpoint. Run 2: start, end, checkpoint.
+    // Run 1: start, two calls, end. Run 2: start, end. Each batch ends in a
+    // checkpoint (a start may go out in a batch of its own).
+    let log = home.path().join("audit/audit.jsonl");
+    let written = std::fs::read_to_string(&log).unwrap();
+    let kinds: Vec<String> = written
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"]["kind"].to_string())
+        .filter(|k| k != "\"checkpoint\"")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "run.start",
+            "call",
+            "call",
+            "run.end",
+            "run.start",
+            "run.end"
+        ]
+        .map(|k| format!("\"{k}\""))
+    );
     assert!(
-        text(&verified.stdout).ends_with(": 8 records verify\n"),
+        text(&verified.stdout)
+            .ends_with(&format!(": {} records verify\n", written.lines().count())),
         "{}",
         text(&verified.stdout)
     );
@@ -456,7 +477,10 @@ fn every_run_lands_in_an_audit_log_that_verifies_and_shows_safely() {
     assert!(shown.contains("\\u{1b}[31m"), "{shown}");
 
     // One modified byte, and verify names the line after it.
-    let log = home.path().join("audit/audit.jsonl");
+    let modified = 1 + written
+        .lines()
+        .position(|l| l.contains("api.example.com"))
+        .unwrap();
     let tampered =
         std::fs::read_to_string(&log)
             .unwrap()
@@ -465,7 +489,10 @@ fn every_run_lands_in_an_audit_log_that_verifies_and_shows_safely() {
     let verified = airlock_in(home.path(), &["audit", "verify"]);
     assert_eq!(verified.status.code(), Some(1));
     assert!(
-        text(&verified.stdout).contains("line 4: its `prev` is not the hash"),
+        text(&verified.stdout).contains(&format!(
+            "line {}: its `prev` is not the hash",
+            modified + 1
+        )),
         "{}",
         text(&verified.stdout)
     );

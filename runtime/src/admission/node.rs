@@ -143,7 +143,7 @@ impl Node {
             return Ok(());
         };
         let events: Vec<_> = events.into_iter().map(crate::audit::bounded).collect();
-        blocking(move || audit.append(&events).map(|_| ())).await
+        blocking(move || audit.append(&events)).await
     }
 
     /// Admit a component: refused with a reason if the engine would refuse

@@ -75,7 +75,30 @@ pub struct AuditLog {
     path: PathBuf,
     keys: std::sync::Arc<Keyring>,
     tail: Mutex<Tail>,
+    queue: Mutex<Queue>,
+    flushed: std::sync::Condvar,
+    settings: crate::config::AuditConfig,
 }
+
+/// Events waiting to be written, and how far writing has got. Whoever
+/// waits first writes everything queued so far in one batch (one fsync);
+/// the others wait for it: group commit.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<serde_json::Value>,
+    /// The batch that pending events will go out in.
+    next: u64,
+    /// Batches before this one are written (or failed).
+    done: u64,
+    writing: bool,
+    /// Recent failed batches and why.
+    failed: std::collections::VecDeque<(u64, String)>,
+}
+
+/// A place in the queue, to wait on with [`AuditLog::flush`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Ticket(u64);
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,13 +182,46 @@ impl AuditLog {
                 head: GENESIS.to_string(),
                 len: None,
             }),
+            queue: Mutex::default(),
+            flushed: std::sync::Condvar::new(),
+            settings: crate::config::AuditConfig::default(),
         };
-        log.append(&[])?;
+        log.write(&[])?;
         Ok(log)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Use the operator's settings (free-space floor, flood bound).
+    pub fn with_settings(mut self, settings: crate::config::AuditConfig) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn settings(&self) -> &crate::config::AuditConfig {
+        &self.settings
+    }
+
+    /// Refuse when the log's file system has less free space than the
+    /// floor: a run that cannot be recorded must not start.
+    pub fn check_space(&self) -> Result<(), Error> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let stat = rustix::fs::statvfs(dir).map_err(|e| {
+            Error::io(
+                format!("checking free space for `{}`", self.path.display()),
+                e.into(),
+            )
+        })?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < self.settings.min_free_space {
+            return Err(Error::Engine(format!(
+                "the audit log's file system has {free} bytes free, under the floor of {} (audit.min_free_space): new runs are refused until there is room",
+                self.settings.min_free_space
+            )));
+        }
+        Ok(())
     }
 
     /// Under the lock: where the chain ends now. A torn tail is cut off and
@@ -214,9 +270,61 @@ impl AuditLog {
         })))
     }
 
-    /// Append `events` and a checkpoint, and make them durable. Returns the
-    /// sequence number of the checkpoint.
-    pub fn append(&self, events: &[serde_json::Value]) -> Result<u64, Error> {
+    /// Append `events` and make them durable, with whatever else is queued.
+    pub fn append(&self, events: &[serde_json::Value]) -> Result<(), Error> {
+        let ticket = self.enqueue(events.to_vec());
+        self.flush(ticket)
+    }
+
+    /// Queue `events` without waiting: they are written, in order, with the
+    /// next batch. Cheap; never blocks on the disk.
+    pub fn enqueue(&self, events: Vec<serde_json::Value>) -> Ticket {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.pending.extend(events);
+        Ticket(queue.next)
+    }
+
+    /// Wait until the batch holding `ticket`'s events is on disk, writing it
+    /// (and everything queued with it) if no one else is.
+    pub fn flush(&self, ticket: Ticket) -> Result<(), Error> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if queue.done > ticket.0 {
+                return match queue.failed.iter().find(|(batch, _)| *batch == ticket.0) {
+                    Some((_, why)) => Err(Error::Engine(format!(
+                        "the audit log was not written: {why}"
+                    ))),
+                    None => Ok(()),
+                };
+            }
+            if !queue.writing {
+                queue.writing = true;
+                let batch = queue.next;
+                queue.next += 1;
+                let events = std::mem::take(&mut queue.pending);
+                drop(queue);
+                let written = self.write(&events);
+                queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                queue.writing = false;
+                queue.done = batch + 1;
+                if let Err(e) = written {
+                    queue.failed.push_back((batch, e.to_string()));
+                    if queue.failed.len() > 64 {
+                        queue.failed.pop_front();
+                    }
+                }
+                self.flushed.notify_all();
+                continue;
+            }
+            queue = self
+                .flushed
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Write one batch and its checkpoint under the lock, and fsync.
+    fn write(&self, events: &[serde_json::Value]) -> Result<u64, Error> {
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         tail.lock.lock().map_err(|e| {
             Error::io(
@@ -305,15 +413,11 @@ pub fn bounded(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// The records of one run: its start, every call decided, its end.
-pub fn run_events(
-    subject: &airlock_host_apis::Subject,
-    report: &crate::run::RunReport,
-) -> Vec<serde_json::Value> {
-    let mut events = Vec::with_capacity(report.decisions.len() + 2);
-    events.push(serde_json::json!({
+/// The record of a run starting.
+pub fn start_event(subject: &airlock_host_apis::Subject) -> serde_json::Value {
+    bounded(serde_json::json!({
         "kind": "run.start",
-        "instance": report.instance,
+        "instance": subject.instance,
         "skill": subject.skill.name,
         "digest": subject.skill.digest,
         "agent": subject.agent.id,
@@ -324,9 +428,49 @@ pub fn run_events(
         "delegation": subject.delegation.chain,
         // A file run in developer mode, not an admitted, approved skill.
         "dev": !subject.skill.approved,
-    }));
+    }))
+}
+
+/// The records of a finished run: each call, then `run.end`. After
+/// `max_identical` identical denials, the rest are counted in one
+/// `call.repeated` record per kind.
+pub fn end_events(
+    subject: &airlock_host_apis::Subject,
+    report: &crate::run::RunReport,
+    max_identical: u32,
+) -> Vec<serde_json::Value> {
+    let mut events = Vec::with_capacity(report.decisions.len() + 1);
+    let mut seen: std::collections::HashMap<(String, String, String, String), u64> =
+        std::collections::HashMap::new();
+    let mut repeated: Vec<((String, String, String, String), serde_json::Value)> = Vec::new();
     for call in &report.decisions {
         let mut event = serde_json::to_value(call).unwrap_or_default();
+        if call.decision.verdict == airlock_host_apis::Verdict::Deny {
+            let key = (
+                call.action.to_string(),
+                serde_json::to_string(&call.resource).unwrap_or_default(),
+                call.decision.policies.join(","),
+                call.decision.reason.clone().unwrap_or_default(),
+            );
+            let count = seen.entry(key.clone()).or_insert(0);
+            *count += 1;
+            if *count > u64::from(max_identical) {
+                if *count == u64::from(max_identical) + 1 {
+                    repeated.push((
+                        key,
+                        serde_json::json!({
+                            "kind": "call.repeated",
+                            "instance": report.instance,
+                            "skill": subject.skill.name,
+                            "action": call.action,
+                            "resource": call.resource,
+                            "decision": call.decision,
+                        }),
+                    ));
+                }
+                continue;
+            }
+        }
         if let Some(map) = event.as_object_mut() {
             map.insert("kind".into(), "call".into());
             map.insert("task_id".into(), subject.task.id.clone().into());
@@ -335,6 +479,17 @@ pub fn run_events(
                 "delegation".into(),
                 serde_json::json!(subject.delegation.chain),
             );
+        }
+        events.push(event);
+    }
+    for (key, mut event) in repeated {
+        let total = seen.get(&key).copied().unwrap_or_default();
+        if let Some(map) = event.as_object_mut() {
+            map.insert(
+                "suppressed".into(),
+                (total - u64::from(max_identical)).into(),
+            );
+            map.insert("total".into(), total.into());
         }
         events.push(event);
     }

@@ -72,6 +72,7 @@ pub mod exit {
     pub const LIMIT: u8 = 4;
     pub const TRAP: u8 = 5;
     pub const STOPPED: u8 = 6;
+    pub const AUDIT: u8 = 7;
 }
 
 impl From<crate::Error> for Failure {

@@ -24,7 +24,8 @@ Exit codes:
   3  skill rejected (not a component, malformed, forbidden import)
   4  a limit was hit (the message names it)
   5  the skill trapped
-  6  the instance was stopped (its skill was revoked or quarantined)";
+  6  the instance was stopped (its skill was revoked or quarantined)
+  7  the run could not be recorded in the audit log (refused, or its result withheld)";
 
 /// Run a skill once and print its output.
 ///
@@ -309,6 +310,7 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
         RunStatus::Limit => exit::LIMIT,
         RunStatus::Trap => exit::TRAP,
         RunStatus::Stopped => exit::STOPPED,
+        RunStatus::AuditFailed => exit::AUDIT,
     };
     if args.json {
         print_json(&report);
