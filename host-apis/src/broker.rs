@@ -428,6 +428,18 @@ pub enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    /// The outcome's name, as in a record's `outcome.status`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Denied => "denied",
+            Outcome::Done { .. } => "done",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// One capability call and its decision, for the run's report and the audit log.
 #[derive(Clone, Debug, Serialize)]
 pub struct CallRecord {
@@ -648,6 +660,7 @@ impl BrokerCtx {
     pub async fn authorize(&self, request: CapabilityRequest) -> Result<Permit, CallError> {
         self.count_call()?;
         let started = Instant::now();
+        let span = call_span(&self.subject, &request);
         let broker = self.broker.clone();
         let prepared = self.prepared.clone();
         let subject = self.subject.clone();
@@ -663,7 +676,10 @@ impl BrokerCtx {
                 (request, decision)
             })
             .await;
+        span.record("verdict", permit_verdict(&decision));
+        span.record("policies", decision.policies.join(","));
         let permit = Permit {
+            span,
             broker: self.broker.clone(),
             ledger: self.ledger.clone(),
             instance: self.subject.instance.clone(),
@@ -695,9 +711,51 @@ impl BrokerCtx {
     }
 }
 
+fn permit_verdict(decision: &Decision) -> &'static str {
+    match (decision.verdict, decision.mode) {
+        (Verdict::Allow, _) => "allow",
+        (Verdict::Deny, Mode::Enforce) => "deny",
+        (Verdict::Deny, Mode::Shadow) => "deny (shadow)",
+    }
+}
+
+/// The span of one capability call, named `airlock.<capability>.<verb>`
+/// after its action, with the run's context as fields.
+fn call_span(subject: &Subject, request: &CapabilityRequest) -> tracing::Span {
+    macro_rules! span {
+        ($name:literal) => {
+            tracing::info_span!(
+                $name,
+                instance = %subject.instance,
+                skill = %subject.skill.name,
+                digest = %subject.skill.digest,
+                agent = %subject.agent.id,
+                task_id = %subject.task.id,
+                resource = %request.resource,
+                verdict = tracing::field::Empty,
+                policies = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                duration_us = tracing::field::Empty,
+            )
+        };
+    }
+    match request.action {
+        Action::HttpRequest => span!("airlock.http.request"),
+        Action::StorageRead => span!("airlock.storage.read"),
+        Action::StorageWrite => span!("airlock.storage.write"),
+        Action::StorageDelete => span!("airlock.storage.delete"),
+        Action::StorageList => span!("airlock.storage.list"),
+        Action::SecretUse => span!("airlock.secret.use"),
+        Action::SecretMint => span!("airlock.secret.mint"),
+        Action::ToolInvoke => span!("airlock.tool.invoke"),
+    }
+}
+
 /// An allowed call, in progress. Records itself when finished, or as
 /// cancelled if the instance ends first.
 pub struct Permit {
+    /// `airlock.<capability>.<verb>`: open from the decision to the outcome.
+    span: tracing::Span,
     broker: Arc<dyn Broker>,
     ledger: Ledger,
     instance: String,
@@ -762,6 +820,8 @@ impl Drop for Permit {
             outcome: self.outcome.take().unwrap_or(Outcome::Cancelled),
             duration_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         };
+        self.span.record("outcome", record.outcome.kind());
+        self.span.record("duration_us", record.duration_us);
         self.broker.record(&record);
         self.ledger.push(record);
     }
@@ -854,6 +914,69 @@ mod tests {
         assert_eq!(records[0].outcome, Outcome::Denied);
         assert_eq!(records[0].instance, "i-1");
         assert_eq!(ctx.session().snapshot().calls, 1);
+    }
+
+    /// Collects span names and the fields recorded on them.
+    #[derive(Clone, Default)]
+    struct Spans(Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Fields<'a>(&'a mut String);
+
+    impl tracing::field::Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+            self.0.push_str(&format!(" {}={:?}", field.name(), value));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push_str(&format!(" {}={}", field.name(), value));
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut line = attrs.metadata().name().to_string();
+            attrs.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+        fn on_record(
+            &self,
+            _: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut line = String::from("record");
+            values.record(&mut Fields(&mut line));
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    #[test]
+    fn every_call_is_a_span_named_for_its_capability_and_verb() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let spans = Spans::default();
+        let subscriber = tracing_subscriber::registry().with(spans.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            runtime.block_on(async {
+                let ctx = ctx(Decision::deny(vec!["p1".into()], None), 10);
+                assert!(ctx.authorize(request()).await.is_err());
+            })
+        });
+        let seen = spans.0.lock().unwrap().join("\n");
+        assert!(
+            seen.starts_with("airlock.storage.read instance=i-1"),
+            "{seen}"
+        );
+        assert!(seen.contains("resource=Object `team/reports/q3`"), "{seen}");
+        assert!(seen.contains("verdict=deny"), "{seen}");
+        assert!(seen.contains("policies=p1"), "{seen}");
+        assert!(seen.contains("outcome=denied"), "{seen}");
     }
 
     #[tokio::test]

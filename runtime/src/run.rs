@@ -417,6 +417,17 @@ impl Engine {
                 None => std::future::pending().await,
             }
         };
+        let span = tracing::info_span!(
+            "airlock.skill.run",
+            instance = %subject.instance,
+            skill = %subject.skill.name,
+            digest = %subject.skill.digest,
+            agent = %subject.agent.id,
+            task_id = %subject.task.id,
+            dev = !subject.skill.approved,
+            status = tracing::field::Empty,
+        );
+        let call = tracing::Instrument::instrument(call, span.clone());
         let outcome = tokio::select! {
             biased;
             reason = stopped => Err(reason),
@@ -469,6 +480,7 @@ impl Engine {
             ),
             Ok(Ok(Ok(Ok(output)))) => (RunStatus::Ok, Some(output), None),
         };
+        span.record("status", tracing::field::debug(status));
         let peak_memory_bytes = store.data().limiter.peak_memory();
         drop(store);
         let (mut logs, logs_dropped) = logs.drain();
