@@ -461,6 +461,27 @@ fn every_run_lands_in_an_audit_log_that_verifies_and_shows_safely() {
         text(&verified.stdout)
     );
 
+    let exported = airlock_in(home.path(), &["audit", "export", "--format", "ocsf"]);
+    assert_eq!(
+        exported.status.code(),
+        Some(0),
+        "{}",
+        text(&exported.stderr)
+    );
+    let events: Vec<Value> = text(&exported.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 6, "every record but the checkpoints");
+    assert!(events.iter().all(|e| e["class_uid"] == 6003));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["disposition"] == "Blocked")
+            .count(),
+        2
+    );
+
     let shown = airlock_in(home.path(), &["audit", "show", "--decision", "deny"]);
     let shown = text(&shown.stdout);
     let lines: Vec<&str> = shown.lines().collect();

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::identity::Keyring;
 
+pub mod ocsf;
+
 /// The `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

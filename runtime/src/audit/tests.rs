@@ -243,3 +243,65 @@ fn guest_strings_cannot_forge_a_record() {
     assert_eq!(record.event["key"], forged);
     assert_eq!(f.verify().problem, None);
 }
+
+#[test]
+fn records_export_as_ocsf_api_activity() {
+    let call = Record {
+        seq: 7,
+        time_ms: 1_700_000_000_000,
+        prev: GENESIS.into(),
+        event: json!({
+            "kind": "call",
+            "instance": "i-1",
+            "skill": "report",
+            "agent": "planner",
+            "task_id": "t-9",
+            "action": "http.request",
+            "resource": {"type": "host", "name": "reports.example.com"},
+            "decision": {
+                "verdict": "deny",
+                "policies": ["base/no-egress-after-confidential-read"],
+                "mode": "enforce",
+            },
+            "outcome": {"status": "denied"},
+        }),
+    };
+    let event = ocsf::event(&call).unwrap_or_else(|| panic!("no event"));
+    assert_eq!(event["class_uid"], 6003);
+    assert_eq!(event["type_uid"], 600399);
+    assert_eq!(event["time"], 1_700_000_000_000u64);
+    assert_eq!(event["api"]["operation"], "http.request");
+    assert_eq!(event["actor"]["app_name"], "report");
+    assert_eq!(event["actor"]["user"]["name"], "planner");
+    assert_eq!(event["resources"][0]["name"], "reports.example.com");
+    assert_eq!(event["status_id"], 2);
+    assert_eq!(event["disposition"], "Blocked");
+    assert_eq!(event["severity_id"], 3);
+    assert_eq!(
+        event["unmapped"]["policies"][0],
+        "base/no-egress-after-confidential-read"
+    );
+    assert_eq!(event["metadata"]["uid"], "7");
+
+    let read = Record {
+        event: json!({
+            "kind": "call",
+            "action": "storage.read",
+            "resource": {"type": "object", "namespace": "team", "key": "reports/q3"},
+            "decision": {"verdict": "allow", "policies": ["p"], "mode": "enforce"},
+        }),
+        ..call.clone()
+    };
+    let event = ocsf::event(&read).unwrap_or_else(|| panic!("no event"));
+    assert_eq!(
+        (event["activity_name"].as_str(), event["status"].as_str()),
+        (Some("Read"), Some("Success"))
+    );
+    assert_eq!(event["resources"][0]["name"], "team/reports/q3");
+
+    let checkpoint = Record {
+        event: json!({"kind": "checkpoint", "count": 6, "head": GENESIS, "kid": "k", "sig": "s"}),
+        ..call
+    };
+    assert_eq!(ocsf::event(&checkpoint), None);
+}

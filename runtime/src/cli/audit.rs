@@ -19,6 +19,16 @@ pub enum AuditCommand {
         #[arg(value_name = "PATH")]
         path: Option<PathBuf>,
     },
+    /// Print the log as OCSF events (API Activity, class 6003), one JSON
+    /// object per line, for a SIEM. Checkpoints are left out.
+    Export {
+        /// The log (default: `<data-dir>/audit/audit.jsonl`).
+        #[arg(long, value_name = "PATH")]
+        path: Option<PathBuf>,
+        /// The export format.
+        #[arg(long, value_enum, default_value = "ocsf")]
+        format: ExportFormat,
+    },
     /// Print the log's records, one line each, escaped for a terminal.
     Show {
         /// The log (default: `<data-dir>/audit/audit.jsonl`).
@@ -37,6 +47,12 @@ pub enum AuditCommand {
         #[arg(long)]
         decision: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Open Cybersecurity Schema Framework 1.3, JSON lines.
+    Ocsf,
 }
 
 fn log_path(path: Option<PathBuf>, data_dir: Option<&PathBuf>) -> Result<PathBuf, Failure> {
@@ -78,6 +94,25 @@ pub fn run(
                     Ok(exit::SKILL_ERROR)
                 }
             }
+        }
+        AuditCommand::Export { path, format } => {
+            let ExportFormat::Ocsf = format;
+            let path = log_path(path, data_dir.as_ref())?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", path.display())))?;
+            for (n, line) in text.lines().enumerate() {
+                let Ok(record) = serde_json::from_str::<Record>(line) else {
+                    return Err(Failure::usage(format!(
+                        "line {} of `{}` is not a record; run `airlock audit verify`",
+                        n + 1,
+                        path.display()
+                    )));
+                };
+                if let Some(event) = crate::audit::ocsf::event(&record) {
+                    println!("{event}");
+                }
+            }
+            Ok(exit::OK)
         }
         AuditCommand::Show {
             path,
@@ -129,6 +164,22 @@ pub fn run(
                         field(e, &["task_id"])
                     ),
                     "run.end" => format!("{} {}", field(e, &["instance"]), field(e, &["status"])),
+                    "call.repeated" => format!(
+                        "{} {} denied {} more times",
+                        field(e, &["instance"]),
+                        field(e, &["action"]),
+                        e.get("suppressed")
+                            .map(|n| n.to_string())
+                            .unwrap_or_default()
+                    ),
+                    k if k.starts_with("skill.") => format!(
+                        "skill `{}` {} {} -> {} {}",
+                        field(e, &["skill"]),
+                        field(e, &["digest"]),
+                        field(e, &["from"]),
+                        field(e, &["to"]),
+                        field(e, &["reason"])
+                    ),
                     _ => String::new(),
                 };
                 let time = humantime::format_rfc3339_millis(
