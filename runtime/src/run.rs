@@ -331,11 +331,9 @@ impl Engine {
             if let Err(e) = audit.check_space() {
                 return refused(instance, &subject, skill, e.to_string());
             }
-            // On disk soon, without holding the run up: a host that dies
-            // mid-run still shows what started.
-            let ticket = audit.enqueue(vec![crate::audit::start_event(&subject)]);
-            let audit = audit.clone();
-            drop(tokio::task::spawn_blocking(move || audit.flush(ticket)));
+            // Written at once by the audit writer, without holding the run
+            // up: a host that dies mid-run still shows what started.
+            let _ = audit.enqueue(vec![crate::audit::start_event(&subject)]);
         }
         let session = request.session.unwrap_or_default();
         let session_view = session.clone();
@@ -528,13 +526,10 @@ impl Engine {
         if let Some(audit) = &services.audit {
             // On disk before anyone sees the result; a result that cannot be
             // recorded is withheld.
-            let audit = audit.clone();
             let events =
                 crate::audit::end_events(&subject, &report, audit.settings().max_identical_denials);
-            let written = tokio::task::spawn_blocking(move || audit.append(&events))
-                .await
-                .map_err(|e| format!("the audit writer failed: {e}"))
-                .and_then(|r| r.map_err(|e| e.to_string()));
+            let ticket = audit.enqueue(events);
+            let written = audit.durable(ticket).await.map_err(|e| e.to_string());
             if let Err(why) = written {
                 tracing::error!(error = %why, instance = %report.instance, "the run's audit records were not written");
                 report.status = RunStatus::AuditFailed;

@@ -143,7 +143,8 @@ impl Node {
             return Ok(());
         };
         let events: Vec<_> = events.into_iter().map(crate::audit::bounded).collect();
-        blocking(move || audit.append(&events)).await
+        let ticket = audit.enqueue(events);
+        audit.durable(ticket).await
     }
 
     /// Admit a component: refused with a reason if the engine would refuse

@@ -74,12 +74,22 @@ struct Tail {
 /// each batch is written under an exclusive lock on `<log>.lock`, so batches
 /// never interleave and each continues the chain where the last one ended.
 pub struct AuditLog {
+    inner: std::sync::Arc<Inner>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    settings: crate::config::AuditConfig,
+}
+
+struct Inner {
     path: PathBuf,
     keys: std::sync::Arc<Keyring>,
     tail: Mutex<Tail>,
     queue: Mutex<Queue>,
+    /// Wakes waiters in `flush`.
     flushed: std::sync::Condvar,
-    settings: crate::config::AuditConfig,
+    /// Wakes the writer thread.
+    wake: std::sync::Condvar,
+    /// Batches done, for async waiters.
+    done: tokio::sync::watch::Sender<u64>,
 }
 
 /// Events waiting to be written, and how far writing has got. Whoever
@@ -93,6 +103,7 @@ struct Queue {
     /// Batches before this one are written (or failed).
     done: u64,
     writing: bool,
+    shutdown: bool,
     /// Recent failed batches and why.
     failed: std::collections::VecDeque<(u64, String)>,
 }
@@ -105,7 +116,7 @@ pub struct Ticket(u64);
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
-            .field("path", &self.path)
+            .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
@@ -174,7 +185,7 @@ impl AuditLog {
             .read(true)
             .open(path)
             .map_err(|e| io("opening", e))?;
-        let log = AuditLog {
+        let inner = std::sync::Arc::new(Inner {
             path: path.to_path_buf(),
             keys,
             tail: Mutex::new(Tail {
@@ -186,14 +197,24 @@ impl AuditLog {
             }),
             queue: Mutex::default(),
             flushed: std::sync::Condvar::new(),
+            wake: std::sync::Condvar::new(),
+            done: tokio::sync::watch::channel(0).0,
+        });
+        inner.write(&[])?;
+        let writer = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("airlock-audit".into())
+            .spawn(move || writer.run_writer())
+            .map_err(|e| Error::io("starting the audit writer", e))?;
+        Ok(AuditLog {
+            inner,
+            writer: Some(writer),
             settings: crate::config::AuditConfig::default(),
-        };
-        log.write(&[])?;
-        Ok(log)
+        })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     /// Use the operator's settings (free-space floor, flood bound).
@@ -209,10 +230,11 @@ impl AuditLog {
     /// Refuse when the log's file system has less free space than the
     /// floor: a run that cannot be recorded must not start.
     pub fn check_space(&self) -> Result<(), Error> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let path = &self.inner.path;
+        let dir = path.parent().unwrap_or(Path::new("."));
         let stat = rustix::fs::statvfs(dir).map_err(|e| {
             Error::io(
-                format!("checking free space for `{}`", self.path.display()),
+                format!("checking free space for `{}`", path.display()),
                 e.into(),
             )
         })?;
@@ -224,6 +246,87 @@ impl AuditLog {
             )));
         }
         Ok(())
+    }
+
+    /// Append `events` and make them durable, with whatever else is queued.
+    pub fn append(&self, events: &[serde_json::Value]) -> Result<(), Error> {
+        let ticket = self.enqueue(events.to_vec());
+        self.inner.flush(ticket)
+    }
+
+    /// Queue `events` without waiting: the writer thread writes them, in
+    /// order, in its next batch. Never blocks on the disk.
+    pub fn enqueue(&self, events: Vec<serde_json::Value>) -> Ticket {
+        let mut queue = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        queue.pending.extend(events);
+        self.inner.wake.notify_one();
+        Ticket(queue.next)
+    }
+
+    /// Block until `ticket`'s batch is on disk.
+    pub fn flush(&self, ticket: Ticket) -> Result<(), Error> {
+        self.inner.flush(ticket)
+    }
+
+    /// Wait, without holding a thread, until `ticket`'s batch is on disk.
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), Error> {
+        let mut done = self.inner.done.subscribe();
+        if done.wait_for(|done| *done > ticket.0).await.is_err() {
+            return Err(Error::Engine("the audit writer stopped".into()));
+        }
+        self.inner.outcome(ticket)
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shutdown = true;
+        self.inner.wake.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Inner {
+    /// The writer thread: write whatever is queued, as soon as it is, until
+    /// the log is dropped (and the queue is empty).
+    fn run_writer(&self) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if !queue.pending.is_empty() && !queue.writing {
+                let ticket = Ticket(queue.next);
+                drop(queue);
+                let _ = self.flush(ticket);
+                queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            if queue.shutdown && queue.pending.is_empty() {
+                return;
+            }
+            queue = self
+                .wake
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn outcome(&self, ticket: Ticket) -> Result<(), Error> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        match queue.failed.iter().find(|(batch, _)| *batch == ticket.0) {
+            Some((_, why)) => Err(Error::Engine(format!(
+                "the audit log was not written: {why}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Under the lock: where the chain ends now. A torn tail is cut off and
@@ -272,32 +375,14 @@ impl AuditLog {
         })))
     }
 
-    /// Append `events` and make them durable, with whatever else is queued.
-    pub fn append(&self, events: &[serde_json::Value]) -> Result<(), Error> {
-        let ticket = self.enqueue(events.to_vec());
-        self.flush(ticket)
-    }
-
-    /// Queue `events` without waiting: they are written, in order, with the
-    /// next batch. Cheap; never blocks on the disk.
-    pub fn enqueue(&self, events: Vec<serde_json::Value>) -> Ticket {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.pending.extend(events);
-        Ticket(queue.next)
-    }
-
     /// Wait until the batch holding `ticket`'s events is on disk, writing it
     /// (and everything queued with it) if no one else is.
-    pub fn flush(&self, ticket: Ticket) -> Result<(), Error> {
+    fn flush(&self, ticket: Ticket) -> Result<(), Error> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if queue.done > ticket.0 {
-                return match queue.failed.iter().find(|(batch, _)| *batch == ticket.0) {
-                    Some((_, why)) => Err(Error::Engine(format!(
-                        "the audit log was not written: {why}"
-                    ))),
-                    None => Ok(()),
-                };
+                drop(queue);
+                return self.outcome(ticket);
             }
             if !queue.writing {
                 queue.writing = true;
@@ -316,6 +401,9 @@ impl AuditLog {
                     }
                 }
                 self.flushed.notify_all();
+                // Events queued meanwhile are the writer thread's to write.
+                self.wake.notify_all();
+                self.done.send_replace(queue.done);
                 continue;
             }
             queue = self
