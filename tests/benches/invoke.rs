@@ -136,6 +136,15 @@ where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    throughput_tasks(workers, workers, once)
+}
+
+/// Invocations per second with `tasks` loops on `workers` threads.
+fn throughput_tasks<F, Fut>(workers: usize, tasks: usize, once: F) -> f64
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -145,11 +154,11 @@ where
     let warm_until = Instant::now() + Duration::from_millis(300);
     let end = warm_until + THROUGHPUT_TIME;
     rt.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..workers {
+        let mut handles = Vec::new();
+        for _ in 0..tasks {
             let once = once.clone();
             let count = count.clone();
-            tasks.push(tokio::spawn(async move {
+            handles.push(tokio::spawn(async move {
                 loop {
                     let now = Instant::now();
                     if now >= end {
@@ -162,8 +171,8 @@ where
                 }
             }));
         }
-        for task in tasks {
-            task.await.unwrap();
+        for handle in handles {
+            handle.await.unwrap();
         }
     });
     count.load(Ordering::Relaxed) as f64 / THROUGHPUT_TIME.as_secs_f64()
@@ -238,6 +247,8 @@ fn main() {
         us(air_p99) / us(bare_p99)
     );
 
+    audit_cost(&airlock, &skill, cores);
+
     println!("invocations per second ({cores} cores available)");
     let mut workers = vec![1];
     if cores > 1 {
@@ -253,4 +264,48 @@ fn main() {
             air_rate / bare_rate
         );
     }
+}
+
+/// Runs in flight when measuring the audit log: group commit shares one
+/// fsync among the runs that finish while the last one is written.
+const IN_FLIGHT: usize = 32;
+
+/// Invocations per second with the audit log off and on (durable: each
+/// run's records fsynced before its report returns), alternated twice.
+fn audit_cost(airlock: &Arc<Engine>, skill: &Arc<airlock_runtime::LoadedSkill>, cores: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(airlock_runtime::identity::Keyring::ephemeral(
+        Duration::from_secs(3600),
+    ));
+    let log =
+        airlock_runtime::audit::AuditLog::open(&dir.path().join("audit.jsonl"), keys).unwrap();
+    let off = Arc::new(Services::default());
+    let on = Arc::new(Services {
+        audit: Some(Arc::new(log)),
+        ..Services::default()
+    });
+    let once = |services: Arc<Services>| {
+        let (airlock, skill) = (airlock.clone(), skill.clone());
+        move || {
+            let (airlock, skill, services) = (airlock.clone(), skill.clone(), services.clone());
+            async move {
+                let report = airlock.run(&skill, request("hello", "{}"), &services).await;
+                assert_eq!(report.status, RunStatus::Ok);
+            }
+        }
+    };
+    println!("audit log: invocations per second, {IN_FLIGHT} runs in flight on {cores} threads");
+    let (mut best_off, mut best_on) = (0f64, 0f64);
+    for round in 1..=2 {
+        let rate_off = throughput_tasks(cores, IN_FLIGHT, once(off.clone()));
+        let rate_on = throughput_tasks(cores, IN_FLIGHT, once(on.clone()));
+        println!("  round {round}        off {rate_off:9.0}/s   durable {rate_on:9.0}/s");
+        best_off = best_off.max(rate_off);
+        best_on = best_on.max(rate_on);
+    }
+    println!(
+        "  durable / off    {:.3} of the rate, {:.1}% lower   (target: at most 10% lower)",
+        best_on / best_off,
+        (1.0 - best_on / best_off) * 100.0
+    );
 }
