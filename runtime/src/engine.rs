@@ -214,12 +214,8 @@ impl Engine {
     /// CPU-heavy on a first load: call it off the async executor.
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedSkill>, Error> {
         let digest = SkillDigest::of(bytes);
-        if let Some(skill) = self.lock_skills().get(&digest) {
-            return Ok(Arc::new(LoadedSkill {
-                inspection: skill.inspection.clone(),
-                pre: skill.pre.clone(),
-                source: CompileSource::Memory,
-            }));
+        if let Some(skill) = self.loaded(&digest) {
+            return Ok(skill);
         }
         let inspection = inspect::inspect(bytes, self.config.max_component_size)?;
         let started = Instant::now();
@@ -260,6 +256,17 @@ impl Engine {
         });
         self.lock_skills().insert(digest, skill.clone());
         Ok(skill)
+    }
+
+    /// A skill already loaded in this process, by digest.
+    pub fn loaded(&self, digest: &SkillDigest) -> Option<Arc<LoadedSkill>> {
+        self.lock_skills().get(digest).map(|skill| {
+            Arc::new(LoadedSkill {
+                inspection: skill.inspection.clone(),
+                pre: skill.pre.clone(),
+                source: CompileSource::Memory,
+            })
+        })
     }
 
     fn lock_skills(&self) -> std::sync::MutexGuard<'_, HashMap<SkillDigest, Arc<LoadedSkill>>> {

@@ -186,6 +186,12 @@ impl Tools for ToolRegistry {
             node.services().broker.clone(),
             caller.clone(),
         ));
+        // A tool by digest stops, like any admitted skill, when it is held.
+        let stop = crate::run::Stopper::default();
+        let _held = match (tool.digest, node.skills()) {
+            (Some(digest), Ok(store)) => Some(node.hold_on(store.clone(), digest, stop.clone())),
+            _ => None,
+        };
         let request = RunRequest {
             input,
             subject,
@@ -195,7 +201,7 @@ impl Tools for ToolRegistry {
                 .unwrap_or_else(|| self.config.limits.clone()),
             session: Some(caller.session.clone()),
             ledger: Some(caller.ledger.clone()),
-            stop: None,
+            stop: Some(stop),
         };
         let runner = node.clone();
         let report = AbortOnDrop(tokio::spawn(async move {

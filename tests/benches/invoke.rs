@@ -294,11 +294,15 @@ fn audit_cost(airlock: &Arc<Engine>, skill: &Arc<airlock_runtime::LoadedSkill>, 
             }
         }
     };
-    println!("audit log: invocations per second, {IN_FLIGHT} runs in flight on {cores} threads");
+    let in_flight = std::env::var("AIRLOCK_BENCH_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(IN_FLIGHT);
+    println!("audit log: invocations per second, {in_flight} runs in flight on {cores} threads");
     let (mut best_off, mut best_on) = (0f64, 0f64);
     for round in 1..=2 {
-        let rate_off = throughput_tasks(cores, IN_FLIGHT, once(off.clone()));
-        let rate_on = throughput_tasks(cores, IN_FLIGHT, once(on.clone()));
+        let rate_off = throughput_tasks(cores, in_flight, once(off.clone()));
+        let rate_on = throughput_tasks(cores, in_flight, once(on.clone()));
         println!("  round {round}        off {rate_off:9.0}/s   durable {rate_on:9.0}/s");
         best_off = best_off.max(rate_off);
         best_on = best_on.max(rate_on);

@@ -127,7 +127,23 @@ async fn a_flipped_byte_in_the_stored_component_is_refused_at_load() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&blob, &bytes).unwrap_or_else(|e| panic!("{e}"));
-    let err = refusal(run(&node, digest, "{}").await);
+    // A process that has not loaded it yet reads it from disk: refused.
+    let fresh = airlock_runtime::Node::new(
+        airlock_runtime::Config::default(),
+        airlock_runtime::NodeOptions {
+            engine: airlock_runtime::EngineConfig {
+                max_instances: 2,
+                ..airlock_runtime::EngineConfig::default()
+            },
+            data_dir: Some(node.dir.path().join("data")),
+            ..airlock_runtime::NodeOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let err = match fresh.run_admitted(digest, request("ignored", "{}")).await {
+        Ok(report) => panic!("ran: {:?}", report.status),
+        Err(e) => e.to_string(),
+    };
     assert!(err.contains("has changed on disk"), "{err}");
 }
 
@@ -384,4 +400,41 @@ permit (principal, action == Airlock::Action::"tool.invoke", resource);
         held.to_string().contains("quarantined: under review"),
         "{held}"
     );
+}
+
+#[tokio::test]
+async fn quarantining_a_tool_stops_it_in_the_middle_of_a_call() {
+    let probe = SkillDigest::of(&wasm(skills::CAPABILITY_PROBE));
+    let config = format!("[tools.sleeper]\ndigest = \"{probe}\"\nrisk = \"low\"\n");
+    let policies = r#"
+@id("test/tools")
+permit (principal, action == Airlock::Action::"tool.invoke", resource);
+"#;
+    let node = TestNode::new(&config, &[("p.cedar", policies)]);
+    approved_probe(&node).await;
+    let sleep = json!({"calls": [{"op": "sleep", "count": 20000}]}).to_string();
+    let input =
+        json!({"calls": [{"op": "tools.invoke", "name": "sleeper", "input": sleep}]}).to_string();
+    // The caller is a developer's file: only the tool is the admitted skill.
+    let caller = {
+        let node = node.node.clone();
+        tokio::spawn(async move {
+            let skill = node
+                .load(wasm(skills::CAPABILITY_PROBE))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            node.run(&skill, request("caller", &input)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    node.node
+        .quarantine(probe, "security", "hung a caller")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = tokio::time::timeout(Duration::from_secs(10), caller)
+        .await
+        .unwrap_or_else(|_| panic!("the tool was not stopped"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let result = airlock_tests::results(&report)[0].to_string();
+    assert!(result.contains("quarantined: hung a caller"), "{result}");
 }

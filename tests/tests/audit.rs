@@ -70,11 +70,14 @@ async fn a_result_that_cannot_be_recorded_is_withheld() {
     let node = TestNode::new("", &[]);
     let first = node.run(skills::HELLO, r#"{"name":"a"}"#, Trust::Low).await;
     assert_eq!(first.status, RunStatus::Ok);
-    // The head file cannot be replaced: every batch now fails.
-    let head = node.dir.path().join("data/audit/audit.jsonl.head");
-    std::fs::remove_file(&head).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::create_dir(&head).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(head.join("occupied"), "x").unwrap_or_else(|e| panic!("{e}"));
+    // Someone writes a line that is not a record: the chain cannot be
+    // continued, so every batch now fails.
+    let log = node.dir.path().join("data/audit/audit.jsonl");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::io::Write::write_all(&mut file, b"not a record\n").unwrap_or_else(|e| panic!("{e}"));
     let report = node.run(skills::HELLO, r#"{"name":"b"}"#, Trust::Low).await;
     assert_eq!(report.status, RunStatus::AuditFailed);
     assert_eq!(report.output, None, "no output without a record");

@@ -112,6 +112,12 @@ impl Drop for Registration {
     }
 }
 
+/// An instance's registration and its watcher, ended together when dropped.
+pub(crate) struct Held {
+    _registered: Registration,
+    _watching: Abort,
+}
+
 /// Aborts a task when dropped.
 struct Abort(tokio::task::JoinHandle<()>);
 
@@ -284,18 +290,23 @@ impl Node {
     ) -> Result<RunReport, Error> {
         let store = self.skills()?.clone();
         let check = store.clone();
-        let (record, bytes) = blocking(move || {
+        let engine = self.engine().clone();
+        let (record, skill) = blocking(move || {
             let record = check.get(&digest)?.ok_or_else(|| {
                 Error::Admission(format!("no admitted skill has digest {digest}"))
             })?;
             if let Some(refusal) = record.refusal() {
                 return Err(Error::Admission(refusal));
             }
-            let bytes = check.load(&digest)?;
-            Ok((record, bytes))
+            // Compiled code already in memory was checked when it was read;
+            // from disk, the bytes are hashed again.
+            let skill = match engine.loaded(&digest) {
+                Some(skill) => skill,
+                None => engine.load(&check.load(&digest)?)?,
+            };
+            Ok((record, skill))
         })
         .await?;
-        let skill = self.load(bytes).await?;
         request.subject.skill = SkillIdentity {
             digest: digest.to_hex(),
             name: record.name.clone(),
@@ -306,11 +317,26 @@ impl Node {
         request.subject.agent.trust = record.trust;
         let stop = request.stop.clone().unwrap_or_default();
         request.stop = Some(stop.clone());
-        let _registered = self.running.register(digest, stop.clone());
-        let _watch = Abort(tokio::spawn(watch(store, digest, stop)));
+        let _held = self.hold_on(store, digest, stop);
         let report = self.run(&skill, request).await;
         self.count_denials(digest, &report).await;
         Ok(report)
+    }
+
+    /// Until dropped, `stop` stops the instance if its skill is quarantined
+    /// or revoked, by this process or another.
+    pub(crate) fn hold_on(
+        &self,
+        store: Arc<SkillStore>,
+        digest: SkillDigest,
+        stop: Stopper,
+    ) -> Held {
+        let registered = self.running.register(digest, stop.clone());
+        let watching = Abort(tokio::spawn(watch(store, digest, stop)));
+        Held {
+            _registered: registered,
+            _watching: watching,
+        }
     }
 
     async fn count_denials(&self, digest: SkillDigest, report: &RunReport) {
@@ -326,6 +352,15 @@ impl Node {
             config.quarantine_after,
             config.quarantine_window,
         ) {
+            return;
+        }
+        // Already held (by another run, or by someone): nothing to add.
+        let store = self.store.clone();
+        let current = match store {
+            Some(store) => blocking(move || store.get(&digest)).await,
+            None => return,
+        };
+        if !matches!(current, Ok(Some(record)) if record.state == State::Approved) {
             return;
         }
         let reason = format!(

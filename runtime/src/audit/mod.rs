@@ -16,6 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
@@ -63,6 +64,8 @@ pub struct Checkpoint {
 struct Tail {
     file: File,
     lock: File,
+    /// `<log>.head`, rewritten in place after each batch.
+    head_file: File,
     seq: u64,
     head: String,
     /// The log's length after this writer's last batch; another length means
@@ -127,6 +130,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The head file's size: a checkpoint padded with spaces to one sector.
+const HEAD_SIZE: usize = 512;
+
 fn head_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".head");
@@ -185,12 +191,20 @@ impl AuditLog {
             .read(true)
             .open(path)
             .map_err(|e| io("opening", e))?;
+        let head_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(head_path(path))
+            .map_err(|e| io("opening the head of", e))?;
         let inner = std::sync::Arc::new(Inner {
             path: path.to_path_buf(),
             keys,
             tail: Mutex::new(Tail {
                 file,
                 lock,
+                head_file,
                 seq: 0,
                 head: GENESIS.to_string(),
                 len: None,
@@ -476,8 +490,27 @@ impl Inner {
         tail.len = before.map(|len| len + out.len() as u64);
         tail.seq = seq;
         tail.head = head;
-        let text = serde_json::to_vec(&checkpoint).unwrap_or_default();
-        crate::fsutil::write_private(&head_path(&self.path), &text)?;
+        // The checkpoint is durable in the log; the head file only has to
+        // outlive truncation of the log. One sector, overwritten in place
+        // and not fsynced on its own: no metadata changes, no second flush.
+        let mut text = serde_json::to_vec(&checkpoint).unwrap_or_default();
+        text.resize(text.len().max(HEAD_SIZE - 1), b' ');
+        text.push(b'\n');
+        {
+            use std::os::unix::fs::FileExt;
+            tail.head_file
+                .write_all_at(&text, 0)
+                .and_then(|()| tail.head_file.set_len(text.len() as u64))
+                .map_err(|e| {
+                    Error::io(
+                        format!(
+                            "writing the head of the audit log `{}`",
+                            self.path.display()
+                        ),
+                        e,
+                    )
+                })?;
+        }
         Ok(seq)
     }
 }
@@ -590,6 +623,8 @@ pub fn end_events(
         "status": report.status,
         "error": report.error,
         "usage": report.usage,
+        // What the run touched: labels read, hosts, bytes sent.
+        "session": report.session,
     }));
     events.into_iter().map(bounded).collect()
 }
@@ -683,7 +718,10 @@ pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
             records,
         ));
     }
-    if let Ok(text) = std::fs::read(head_path(path)) {
+    // Empty after a crash (it is not fsynced): as good as absent.
+    if let Ok(text) = std::fs::read(head_path(path))
+        && !text.is_empty()
+    {
         let head: Checkpoint = serde_json::from_slice(&text)
             .map_err(|e| Error::Config(format!("the head file does not parse: {e}")))?;
         // The head file names the checkpoint itself: its record is count + 1.

@@ -226,6 +226,15 @@ fn print_record(record: &SkillRecord) {
     field("signed by", record.signed_by.as_deref().unwrap_or("-"));
 }
 
+fn held(record: &SkillRecord) {
+    println!(
+        "{} `{}` ({}): its running instances are stopped",
+        record.state,
+        escape(&record.name, 200),
+        record.digest.short()
+    );
+}
+
 fn capabilities(record: &SkillRecord) -> String {
     if record.capabilities.is_empty() {
         "none (compute only)".into()
@@ -329,11 +338,7 @@ pub async fn run(
             let record = node
                 .quarantine(resolve(&digest)?, &actor.name()?, &reason)
                 .await?;
-            println!(
-                "quarantined `{}` ({})",
-                escape(&record.name, 200),
-                record.digest.short()
-            );
+            held(&record);
         }
         AdminCommand::Revoke {
             digest,
@@ -343,11 +348,7 @@ pub async fn run(
             let record = node
                 .revoke(resolve(&digest)?, &actor.name()?, &reason)
                 .await?;
-            println!(
-                "revoked `{}` ({})",
-                escape(&record.name, 200),
-                record.digest.short()
-            );
+            held(&record);
         }
         AdminCommand::Skills {
             state,
