@@ -100,7 +100,8 @@ struct Inner {
 /// the others wait for it: group commit.
 #[derive(Default)]
 struct Queue {
-    pending: Vec<serde_json::Value>,
+    /// Events already serialized (by the callers, in parallel).
+    pending: Vec<Vec<u8>>,
     /// The batch that pending events will go out in.
     next: u64,
     /// Batches before this one are written (or failed).
@@ -271,6 +272,10 @@ impl AuditLog {
     /// Queue `events` without waiting: the writer thread writes them, in
     /// order, in its next batch. Never blocks on the disk.
     pub fn enqueue(&self, events: Vec<serde_json::Value>) -> Ticket {
+        let events: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap_or_default())
+            .collect();
         let mut queue = self
             .inner
             .queue
@@ -428,7 +433,7 @@ impl Inner {
     }
 
     /// Write one batch and its checkpoint under the lock, and fsync.
-    fn write(&self, events: &[serde_json::Value]) -> Result<u64, Error> {
+    fn write(&self, events: &[Vec<u8>]) -> Result<u64, Error> {
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         tail.lock.lock().map_err(|e| {
             Error::io(
@@ -441,7 +446,7 @@ impl Inner {
         written
     }
 
-    fn append_locked(&self, tail: &mut Tail, events: &[serde_json::Value]) -> Result<u64, Error> {
+    fn append_locked(&self, tail: &mut Tail, events: &[Vec<u8>]) -> Result<u64, Error> {
         let io = |e| {
             Error::io(
                 format!("writing the audit log `{}`", self.path.display()),
@@ -455,19 +460,21 @@ impl Inner {
         let mut seq = tail.seq;
         let mut head = tail.head.clone();
         let mut out = Vec::new();
-        let mut push = |event: &serde_json::Value, seq: &mut u64, head: &mut String| {
+        let time_ms = now_ms();
+        // A `Record` as JSON, around an event serialized already.
+        let mut push = |event: &[u8], seq: &mut u64, head: &mut String| {
             *seq += 1;
-            let record = Record {
-                seq: *seq,
-                time_ms: now_ms(),
-                prev: std::mem::take(head),
-                event: event.clone(),
-            };
-            let line = serde_json::to_vec(&record).unwrap_or_default();
-            *head = hash(&line);
-            out.extend_from_slice(&line);
+            let start = out.len();
+            out.extend_from_slice(
+                format!("{{\"seq\":{seq},\"time_ms\":{time_ms},\"prev\":\"{head}\",\"event\":")
+                    .as_bytes(),
+            );
+            out.extend_from_slice(event);
+            out.push(b'}');
+            *head = hash(out.get(start..).unwrap_or_default());
             out.push(b'\n');
         };
+        let recovery = recovery.map(|r| serde_json::to_vec(&r).unwrap_or_default());
         for event in recovery.iter().chain(events) {
             push(event, &mut seq, &mut head);
         }
@@ -482,7 +489,11 @@ impl Inner {
             sig: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature),
         };
         let checkpoint = serde_json::to_value(&checkpoint).unwrap_or_default();
-        push(&checkpoint, &mut seq, &mut head);
+        push(
+            &serde_json::to_vec(&checkpoint).unwrap_or_default(),
+            &mut seq,
+            &mut head,
+        );
         // Unknown until it is on disk: a failed write is read back next time.
         let before = tail.len.take();
         tail.file.write_all(&out).map_err(io)?;
