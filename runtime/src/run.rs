@@ -333,7 +333,7 @@ impl Engine {
             }
             // Written at once by the audit writer, without holding the run
             // up: a host that dies mid-run still shows what started.
-            let _ = audit.enqueue(vec![crate::audit::start_event(&subject)]);
+            let _ = audit.enqueue(&[crate::audit::start_event(&subject)]);
         }
         let session = request.session.unwrap_or_default();
         let session_view = session.clone();
@@ -528,7 +528,7 @@ impl Engine {
             // recorded is withheld.
             let events =
                 crate::audit::end_events(&subject, &report, audit.settings().max_identical_denials);
-            let ticket = audit.enqueue(events);
+            let ticket = audit.enqueue_lines(events);
             let written = audit.durable(ticket).await.map_err(|e| e.to_string());
             if let Err(why) = written {
                 tracing::error!(error = %why, instance = %report.instance, "the run's audit records were not written");

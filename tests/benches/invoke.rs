@@ -189,7 +189,8 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bytes = wasm(skills::HELLO);
     let mut config = EngineConfig {
-        max_instances: 256,
+        // Room for every run in flight when measuring the audit log.
+        max_instances: 256.max(audit_in_flight() as u32),
         ..EngineConfig::default()
     };
     // For exploring the pool's reset cost: bytes kept resident per memory.
@@ -229,6 +230,9 @@ fn main() {
         }
     };
 
+    if std::env::var_os("AIRLOCK_BENCH_AUDIT_ONLY").is_some() {
+        audit_cost(&airlock, &skill, cores);
+    }
     println!("warm invocation of `hello` (instantiate, call, tear down), {SAMPLES} samples");
     let ((bare_p50, bare_p99), (air_p50, air_p99)) = latencies(&rt, &bare_once, &airlock_once);
     println!(
@@ -267,8 +271,16 @@ fn main() {
 }
 
 /// Runs in flight when measuring the audit log: group commit shares one
-/// fsync among the runs that finish while the last one is written.
-const IN_FLIGHT: usize = 32;
+/// fsync among the runs that finish while the last one is written, so with
+/// few in flight the figure measures the fsync's latency, not the log's cost.
+const IN_FLIGHT: usize = 256;
+
+fn audit_in_flight() -> usize {
+    std::env::var("AIRLOCK_BENCH_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(IN_FLIGHT)
+}
 
 /// Invocations per second with the audit log off and on (durable: each
 /// run's records fsynced before its report returns), alternated twice.
@@ -294,10 +306,14 @@ fn audit_cost(airlock: &Arc<Engine>, skill: &Arc<airlock_runtime::LoadedSkill>, 
             }
         }
     };
-    let in_flight = std::env::var("AIRLOCK_BENCH_IN_FLIGHT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(IN_FLIGHT);
+    let in_flight = audit_in_flight();
+    // For profiling one phase alone.
+    if let Ok(phase) = std::env::var("AIRLOCK_BENCH_AUDIT_ONLY") {
+        let services = if phase == "off" { off } else { on };
+        let rate = throughput_tasks(cores, in_flight, once(services));
+        println!("audit log {phase}, {in_flight} in flight: {rate:9.0}/s");
+        std::process::exit(0);
+    }
     println!("audit log: invocations per second, {in_flight} runs in flight on {cores} threads");
     let (mut best_off, mut best_on) = (0f64, 0f64);
     for round in 1..=2 {

@@ -148,8 +148,7 @@ impl Node {
         let Some(audit) = self.services().audit.clone() else {
             return Ok(());
         };
-        let events: Vec<_> = events.into_iter().map(crate::audit::bounded).collect();
-        let ticket = audit.enqueue(events);
+        let ticket = audit.enqueue(&events);
         audit.durable(ticket).await
     }
 

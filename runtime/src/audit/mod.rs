@@ -28,6 +28,9 @@ use crate::identity::Keyring;
 
 pub mod ocsf;
 
+/// How long free space found ample is trusted without looking again.
+const SPACE_CHECK_MS: u64 = 100;
+
 /// The `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -91,31 +94,61 @@ struct Inner {
     flushed: std::sync::Condvar,
     /// Wakes the writer thread.
     wake: std::sync::Condvar,
-    /// Batches done, for async waiters.
-    done: tokio::sync::watch::Sender<u64>,
+    /// Until when (ms since the epoch) free space need not be checked
+    /// again: the last check found plenty.
+    space_ok_until: std::sync::atomic::AtomicU64,
 }
 
-/// Events waiting to be written, and how far writing has got. Whoever
-/// waits first writes everything queued so far in one batch (one fsync);
-/// the others wait for it: group commit.
+/// Events waiting to be written. The writer thread (or a blocking
+/// `flush`) takes everything queued so far as one batch (one fsync); the
+/// runs whose events are in it wait for it alone: group commit.
 #[derive(Default)]
 struct Queue {
     /// Events already serialized (by the callers, in parallel).
     pending: Vec<Vec<u8>>,
     /// The batch that pending events will go out in.
-    next: u64,
-    /// Batches before this one are written (or failed).
-    done: u64,
+    batch: std::sync::Arc<Batch>,
     writing: bool,
+    /// The writer thread is waiting for events (and needs waking).
+    idle: bool,
     shutdown: bool,
-    /// Recent failed batches and why.
-    failed: std::collections::VecDeque<(u64, String)>,
 }
 
-/// A place in the queue, to wait on with [`AuditLog::flush`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One batch's outcome, set once when it is on disk (or failed).
+#[derive(Default)]
+struct Batch {
+    outcome: std::sync::OnceLock<Result<(), String>>,
+    /// Wakes the async waiters of this batch only.
+    written: tokio::sync::Notify,
+}
+
+impl Batch {
+    fn finish(&self, outcome: Result<(), String>) {
+        let _ = self.outcome.set(outcome);
+        self.written.notify_waiters();
+    }
+
+    fn outcome(&self) -> Option<Result<(), Error>> {
+        self.outcome.get().map(|outcome| {
+            outcome
+                .clone()
+                .map_err(|why| Error::Engine(format!("the audit log was not written: {why}")))
+        })
+    }
+}
+
+/// A place in the queue, to wait on with [`AuditLog::flush`] or
+/// [`AuditLog::durable`].
 #[must_use]
-pub struct Ticket(u64);
+pub struct Ticket(std::sync::Arc<Batch>);
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("written", &self.0.outcome.get().is_some())
+            .finish()
+    }
+}
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,7 +246,7 @@ impl AuditLog {
             queue: Mutex::default(),
             flushed: std::sync::Condvar::new(),
             wake: std::sync::Condvar::new(),
-            done: tokio::sync::watch::channel(0).0,
+            space_ok_until: std::sync::atomic::AtomicU64::new(0),
         });
         inner.write(&[])?;
         let writer = inner.clone();
@@ -245,6 +278,13 @@ impl AuditLog {
     /// Refuse when the log's file system has less free space than the
     /// floor: a run that cannot be recorded must not start.
     pub fn check_space(&self) -> Result<(), Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // A statfs per run costs more than the rest of the record; space
+        // found ample is trusted for a moment.
+        let now = now_ms();
+        if now < self.inner.space_ok_until.load(Relaxed) {
+            return Ok(());
+        }
         let path = &self.inner.path;
         let dir = path.parent().unwrap_or(Path::new("."));
         let stat = rustix::fs::statvfs(dir).map_err(|e| {
@@ -260,30 +300,40 @@ impl AuditLog {
                 self.settings.min_free_space
             )));
         }
+        // Ample: more than twice the floor (and 64 MiB) left.
+        let margin = self.settings.min_free_space.max(64 << 20);
+        if free / 2 > margin {
+            self.inner
+                .space_ok_until
+                .store(now + SPACE_CHECK_MS, Relaxed);
+        }
         Ok(())
     }
 
     /// Append `events` and make them durable, with whatever else is queued.
-    pub fn append(&self, events: &[serde_json::Value]) -> Result<(), Error> {
-        let ticket = self.enqueue(events.to_vec());
+    pub fn append<E: Serialize>(&self, events: &[E]) -> Result<(), Error> {
+        let ticket = self.enqueue(events);
         self.inner.flush(ticket)
     }
 
     /// Queue `events` without waiting: the writer thread writes them, in
     /// order, in its next batch. Never blocks on the disk.
-    pub fn enqueue(&self, events: Vec<serde_json::Value>) -> Ticket {
-        let events: Vec<Vec<u8>> = events
-            .iter()
-            .map(|e| serde_json::to_vec(e).unwrap_or_default())
-            .collect();
+    pub fn enqueue<E: Serialize>(&self, events: &[E]) -> Ticket {
+        self.enqueue_lines(events.iter().map(line).collect())
+    }
+
+    /// [`enqueue`](Self::enqueue) for events already made [`line`]s.
+    pub fn enqueue_lines(&self, events: Vec<Vec<u8>>) -> Ticket {
         let mut queue = self
             .inner
             .queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         queue.pending.extend(events);
-        self.inner.wake.notify_one();
-        Ticket(queue.next)
+        if queue.idle {
+            self.inner.wake.notify_one();
+        }
+        Ticket(queue.batch.clone())
     }
 
     /// Block until `ticket`'s batch is on disk.
@@ -293,11 +343,18 @@ impl AuditLog {
 
     /// Wait, without holding a thread, until `ticket`'s batch is on disk.
     pub async fn durable(&self, ticket: Ticket) -> Result<(), Error> {
-        let mut done = self.inner.done.subscribe();
-        if done.wait_for(|done| *done > ticket.0).await.is_err() {
-            return Err(Error::Engine("the audit writer stopped".into()));
+        let batch = ticket.0;
+        loop {
+            let written = batch.written.notified();
+            tokio::pin!(written);
+            // Registered before looking, so a batch finished in between
+            // still wakes this waiter.
+            written.as_mut().enable();
+            if let Some(outcome) = batch.outcome() {
+                return outcome;
+            }
+            written.await;
         }
-        self.inner.outcome(ticket)
     }
 }
 
@@ -322,7 +379,7 @@ impl Inner {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if !queue.pending.is_empty() && !queue.writing {
-                let ticket = Ticket(queue.next);
+                let ticket = Ticket(queue.batch.clone());
                 drop(queue);
                 let _ = self.flush(ticket);
                 queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -331,20 +388,12 @@ impl Inner {
             if queue.shutdown && queue.pending.is_empty() {
                 return;
             }
+            queue.idle = true;
             queue = self
                 .wake
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    fn outcome(&self, ticket: Ticket) -> Result<(), Error> {
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        match queue.failed.iter().find(|(batch, _)| *batch == ticket.0) {
-            Some((_, why)) => Err(Error::Engine(format!(
-                "the audit log was not written: {why}"
-            ))),
-            None => Ok(()),
+            queue.idle = false;
         }
     }
 
@@ -399,30 +448,21 @@ impl Inner {
     fn flush(&self, ticket: Ticket) -> Result<(), Error> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            if queue.done > ticket.0 {
-                drop(queue);
-                return self.outcome(ticket);
+            if let Some(outcome) = ticket.0.outcome() {
+                return outcome;
             }
             if !queue.writing {
                 queue.writing = true;
-                let batch = queue.next;
-                queue.next += 1;
+                let batch = std::mem::take(&mut queue.batch);
                 let events = std::mem::take(&mut queue.pending);
                 drop(queue);
                 let written = self.write(&events);
+                batch.finish(written.map(|_| ()).map_err(|e| e.to_string()));
                 queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 queue.writing = false;
-                queue.done = batch + 1;
-                if let Err(e) = written {
-                    queue.failed.push_back((batch, e.to_string()));
-                    if queue.failed.len() > 64 {
-                        queue.failed.pop_front();
-                    }
-                }
                 self.flushed.notify_all();
                 // Events queued meanwhile are the writer thread's to write.
                 self.wake.notify_all();
-                self.done.send_replace(queue.done);
                 continue;
             }
             queue = self
@@ -529,50 +569,129 @@ impl Inner {
 /// Guest-supplied strings are kept to this many characters in a record.
 pub const MAX_STRING: usize = 1024;
 
-/// `value` with every string cut to [`MAX_STRING`] characters. JSON itself
-/// escapes newlines and control characters, so no string can end a line.
-pub fn bounded(value: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match value {
-        Value::String(s) if s.chars().count() > MAX_STRING => {
-            let mut cut: String = s.chars().take(MAX_STRING).collect();
-            cut.push('…');
-            Value::String(cut)
+/// Compact JSON with every string cut to [`MAX_STRING`] characters (then
+/// `…`). JSON itself escapes newlines and control characters, so no string
+/// can end a line; cutting while writing spares a copy of every event.
+#[derive(Default)]
+struct Bounded {
+    left: usize,
+    cut: bool,
+}
+
+impl serde_json::ser::Formatter for Bounded {
+    fn begin_string<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.left = MAX_STRING;
+        self.cut = false;
+        writer.write_all(b"\"")
+    }
+
+    fn end_string<W: ?Sized + Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        if self.cut {
+            writer.write_all("…".as_bytes())?;
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(bounded).collect()),
-        Value::Object(map) => {
-            Value::Object(map.into_iter().map(|(k, v)| (k, bounded(v))).collect())
+        writer.write_all(b"\"")
+    }
+
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        // Fewer bytes than characters left: all of it fits.
+        if fragment.len() <= self.left {
+            self.left -= fragment.chars().count();
+            return writer.write_all(fragment.as_bytes());
         }
-        other => other,
+        let end = fragment
+            .char_indices()
+            .nth(self.left)
+            .map_or(fragment.len(), |(at, _)| at);
+        let kept = fragment.get(..end).unwrap_or_default();
+        self.left -= kept.chars().count();
+        self.cut |= end < fragment.len();
+        writer.write_all(kept.as_bytes())
+    }
+
+    fn write_char_escape<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        char_escape: serde_json::ser::CharEscape,
+    ) -> std::io::Result<()> {
+        if self.left == 0 {
+            self.cut = true;
+            return Ok(());
+        }
+        self.left -= 1;
+        serde_json::ser::CompactFormatter.write_char_escape(writer, char_escape)
     }
 }
 
-/// The record of a run starting.
-pub fn start_event(subject: &airlock_host_apis::Subject) -> serde_json::Value {
-    bounded(serde_json::json!({
-        "kind": "run.start",
-        "instance": subject.instance,
-        "skill": subject.skill.name,
-        "digest": subject.skill.digest,
-        "agent": subject.agent.id,
-        "trust": subject.agent.trust,
-        "task_id": subject.task.id,
-        "intent": subject.task.intent,
-        "sensitivity": subject.task.sensitivity,
-        "delegation": subject.delegation.chain,
-        // A file run in developer mode, not an admitted, approved skill.
-        "dev": !subject.skill.approved,
-    }))
+/// `event` as one line of JSON, its strings bounded (see [`MAX_STRING`]).
+pub fn line<E: Serialize + ?Sized>(event: &E) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::with_formatter(&mut out, Bounded::default());
+    if event.serialize(&mut serializer).is_err() {
+        // Only a map with non-string keys fails; say so rather than drop it.
+        return br#"{"kind":"unserializable"}"#.to_vec();
+    }
+    out
 }
 
-/// The records of a finished run: each call, then `run.end`. After
-/// `max_identical` identical denials, the rest are counted in one
+/// The record of a run starting.
+#[derive(Debug, Serialize)]
+pub struct RunStart<'a> {
+    kind: &'static str,
+    instance: &'a str,
+    skill: &'a str,
+    digest: &'a str,
+    agent: &'a str,
+    trust: airlock_host_apis::Trust,
+    task_id: &'a str,
+    intent: &'a str,
+    sensitivity: airlock_host_apis::Sensitivity,
+    delegation: &'a [String],
+    /// A file run in developer mode, not an admitted, approved skill.
+    dev: bool,
+}
+
+/// The record of a run starting.
+pub fn start_event(subject: &airlock_host_apis::Subject) -> RunStart<'_> {
+    RunStart {
+        kind: "run.start",
+        instance: &subject.instance,
+        skill: &subject.skill.name,
+        digest: &subject.skill.digest,
+        agent: &subject.agent.id,
+        trust: subject.agent.trust,
+        task_id: &subject.task.id,
+        intent: &subject.task.intent,
+        sensitivity: subject.task.sensitivity,
+        delegation: &subject.delegation.chain,
+        dev: !subject.skill.approved,
+    }
+}
+
+/// The record of a run ending.
+#[derive(Serialize)]
+struct RunEnd<'a> {
+    kind: &'static str,
+    instance: &'a str,
+    skill: &'a str,
+    status: crate::run::RunStatus,
+    error: &'a Option<crate::run::RunError>,
+    usage: &'a crate::run::Usage,
+    /// What the run touched: labels read, hosts, bytes sent.
+    session: &'a airlock_host_apis::SessionState,
+}
+
+/// The records of a finished run, as lines: each call, then `run.end`.
+/// After `max_identical` identical denials, the rest are counted in one
 /// `call.repeated` record per kind.
 pub fn end_events(
     subject: &airlock_host_apis::Subject,
     report: &crate::run::RunReport,
     max_identical: u32,
-) -> Vec<serde_json::Value> {
+) -> Vec<Vec<u8>> {
     let mut events = Vec::with_capacity(report.decisions.len() + 1);
     let mut seen: std::collections::HashMap<(String, String, String, String), u64> =
         std::collections::HashMap::new();
@@ -614,7 +733,7 @@ pub fn end_events(
                 serde_json::json!(subject.delegation.chain),
             );
         }
-        events.push(event);
+        events.push(line(&event));
     }
     for (key, mut event) in repeated {
         let total = seen.get(&key).copied().unwrap_or_default();
@@ -625,19 +744,18 @@ pub fn end_events(
             );
             map.insert("total".into(), total.into());
         }
-        events.push(event);
+        events.push(line(&event));
     }
-    events.push(serde_json::json!({
-        "kind": "run.end",
-        "instance": report.instance,
-        "skill": subject.skill.name,
-        "status": report.status,
-        "error": report.error,
-        "usage": report.usage,
-        // What the run touched: labels read, hosts, bytes sent.
-        "session": report.session,
+    events.push(line(&RunEnd {
+        kind: "run.end",
+        instance: &report.instance,
+        skill: &subject.skill.name,
+        status: report.status,
+        error: &report.error,
+        usage: &report.usage,
+        session: &report.session,
     }));
-    events.into_iter().map(bounded).collect()
+    events
 }
 
 /// What `verify` found.

@@ -245,6 +245,28 @@ fn guest_strings_cannot_forge_a_record() {
 }
 
 #[test]
+fn long_guest_strings_are_cut_and_marked() {
+    let f = Fixture::new();
+    let log = AuditLog::open(&f.path(), f.keys.clone()).unwrap_or_else(|e| panic!("{e}"));
+    // Multi-byte characters and escapes count as one character each.
+    let long = "é\n".repeat(MAX_STRING);
+    let short = "ok\u{7}";
+    log.append(&[json!({"kind": "call", "key": long, "nested": [{"short": short}]})])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let lines = f.lines();
+    let record: Record = serde_json::from_str(&lines[0]).unwrap_or_else(|e| panic!("{e}"));
+    let kept = record.event["key"].as_str().unwrap_or_default();
+    assert_eq!(kept.chars().count(), MAX_STRING + 1, "{kept}");
+    assert!(kept.starts_with("é\né\n"), "{kept}");
+    assert!(kept.ends_with('…'), "{kept}");
+    assert_eq!(
+        record.event["nested"][0]["short"], short,
+        "short strings are whole"
+    );
+    assert_eq!(f.verify().problem, None);
+}
+
+#[test]
 fn records_export_as_ocsf_api_activity() {
     let call = Record {
         seq: 7,
