@@ -35,6 +35,8 @@ pub struct Config {
     /// quarantined on its own.
     pub admission: crate::admission::AdmissionConfig,
     pub audit: AuditConfig,
+    /// `airlock serve`: keys, roles and limits of the HTTP API.
+    pub api: crate::api::ApiConfig,
 }
 
 /// The audit log: `[audit]`.

@@ -15,6 +15,7 @@
 //! - [`cli`]: the `airlock` command.
 
 pub mod admission;
+pub mod api;
 pub mod audit;
 pub mod broker;
 pub mod cache;

@@ -660,3 +660,74 @@ fn a_signing_key_signs_what_admission_verifies() {
     let record: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(record["signed_by"], "release");
 }
+
+#[test]
+fn serve_answers_with_a_key_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let made = airlock(&["api-key", "--principal", "ops", "--role", "admin"]);
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let key = text(&made.stdout).trim().to_string();
+    let stanza = text(&made.stderr);
+    let stanza = stanza
+        .get(stanza.find("[[api.keys]]").unwrap_or(0)..)
+        .unwrap_or_default();
+    let config = write(dir.path(), "airlock.toml", stanza);
+    // A free port, then let go of it for the server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let data = dir.path().join("data").display().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let server = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+        .args([
+            "--config",
+            &config,
+            "--data-dir",
+            &data,
+            "serve",
+            "--listen",
+            &listen,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let get = |path: &str, key: Option<&str>| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&listen).ok()?;
+        let auth = key
+            .map(|k| format!("Authorization: Bearer {k}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer)
+    };
+    let mut health = None;
+    for _ in 0..100 {
+        health = get("/healthz", None);
+        if health.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let health = health.unwrap_or_else(|| panic!("the server did not come up"));
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let skills = get("/v1/skills", Some(&key)).unwrap_or_default();
+    assert!(skills.starts_with("HTTP/1.1 200"), "{skills}");
+    assert!(skills.ends_with("[]"), "{skills}");
+    let refused = get("/v1/skills", Some("airlock_wrong")).unwrap_or_default();
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let pid = server.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let out = server.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("shutting down"),
+        "{}",
+        text(&out.stderr)
+    );
+}

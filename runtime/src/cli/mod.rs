@@ -5,6 +5,7 @@ mod audit;
 mod identity;
 mod policy;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,8 +39,12 @@ enum Command {
     /// The runtime's workload identity: its signing keys.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
-    /// Serve the verification endpoints for the runtime's identity tokens.
-    Serve(identity::ServeArgs),
+    /// Serve the HTTP API for orchestrators (skills, runs, audit), health,
+    /// and the identity verification endpoints.
+    Serve(serve::ServeArgs),
+    /// Make an API key for `airlock serve`: prints the key, and the
+    /// `[[api.keys]]` stanza holding its hash.
+    ApiKey(serve::ApiKeyArgs),
     /// The audit log: verify it, show it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -154,8 +159,9 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => {
                 let config = config?;
                 let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
-                identity::serve(args, config, data_dir).await
+                serve::serve(args, config, data_dir).await
             }
+            Command::ApiKey(args) => serve::api_key(&args),
         }
     });
     match result {

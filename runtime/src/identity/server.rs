@@ -15,9 +15,20 @@ use super::Issuer;
 
 /// The routes, relative to the issuer URL.
 pub fn router(issuer: Arc<Issuer>) -> Router {
+    public(issuer.clone()).merge(introspection(issuer))
+}
+
+/// Discovery and the JWKS: what any relying party needs to verify a token.
+pub fn public(issuer: Arc<Issuer>) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks.json", get(jwks))
+        .with_state(issuer)
+}
+
+/// RFC 7662 introspection: whether a token is active now.
+pub fn introspection(issuer: Arc<Issuer>) -> Router {
+    Router::new()
         .route("/oauth2/introspect", post(introspect))
         .with_state(issuer)
 }

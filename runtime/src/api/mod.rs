@@ -1,0 +1,463 @@
+//! `airlock serve`: the HTTP API for agent orchestrators.
+//!
+//! Every request passes, in order: the Host allowlist (DNS rebinding), the
+//! body limit (checked against `Content-Length` before anything is read),
+//! then authentication by bearer API key and the caller's roles. Only then
+//! does a handler run. Errors are JSON with a stable code and a plain
+//! message; internal detail is logged, never returned.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::node::Node;
+
+mod handlers;
+
+/// `[api]` in `airlock.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Host header values served (without the port). Anything else is
+    /// refused, so a page on another name cannot reach a loopback server
+    /// through DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// The largest request body, in bytes.
+    pub max_body: u64,
+    /// Runs in progress at once, over all callers.
+    pub max_runs: u32,
+    /// Runs in progress at once per principal.
+    pub max_runs_per_principal: u32,
+    /// Time to read a request's headers.
+    #[serde(with = "crate::limits::humantime_serde")]
+    pub header_timeout: Duration,
+    /// API keys: each maps to a principal with roles.
+    pub keys: Vec<KeyConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
+            max_body: 32 << 20,
+            max_runs: 256,
+            max_runs_per_principal: 64,
+            header_timeout: Duration::from_secs(10),
+            keys: Vec::new(),
+        }
+    }
+}
+
+/// One API key, as the operator configures it: only its hash is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Who holds the key; recorded as the submitter, reviewer or actor.
+    pub principal: String,
+    pub roles: BTreeSet<Role>,
+    /// `blake3:` and the hex blake3 hash of the key (`airlock api-key`).
+    pub hash: String,
+}
+
+/// What a principal may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Submit skills for admission.
+    Submitter,
+    /// Approve, quarantine and revoke skills.
+    Reviewer,
+    /// Run approved skills.
+    Runner,
+    /// Read and verify the audit log.
+    Auditor,
+    /// All of the above.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Submitter,
+        Role::Reviewer,
+        Role::Runner,
+        Role::Auditor,
+        Role::Admin,
+    ];
+}
+
+/// A new API key and the hash to configure for it.
+pub fn new_key() -> (String, String) {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    let key = format!(
+        "airlock_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = format!("blake3:{}", blake3::hash(key.as_bytes()).to_hex());
+    (key, hash)
+}
+
+/// The caller, once its key is known.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub name: String,
+    pub roles: BTreeSet<Role>,
+}
+
+impl Principal {
+    fn may(&self, role: Role) -> bool {
+        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+
+    /// Refused unless the principal holds `role` (or is an admin).
+    pub(crate) fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.may(role) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "principal `{}` lacks the `{}` role this needs",
+                self.name,
+                serde_json::to_value(role)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ),
+        ))
+    }
+}
+
+struct Key {
+    hash: blake3::Hash,
+    principal: Principal,
+}
+
+/// An error answer: a status, a stable code and a plain message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn busy(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+        }
+    }
+
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Rejected(_) | Error::Incompatible(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "skill_rejected",
+                e.to_string(),
+            ),
+            Error::Admission(why) => ApiError::new(StatusCode::CONFLICT, "refused", why),
+            other => {
+                // Paths and upstream detail stay in the server's log.
+                tracing::error!(error = %other, "a request failed inside the runtime");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the runtime failed to complete the request; see the server's log",
+                )
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// What the handlers share.
+pub struct Api {
+    node: Arc<Node>,
+    config: ApiConfig,
+    keys: Vec<Key>,
+    /// Runs in progress, over all and per principal.
+    runs: Mutex<(u32, HashMap<String, u32>)>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").finish_non_exhaustive()
+    }
+}
+
+/// A run slot, given back when dropped (also when the client goes away).
+pub(crate) struct Slot {
+    api: Arc<Api>,
+    principal: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut runs = self.api.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        runs.0 = runs.0.saturating_sub(1);
+        if let Some(n) = runs.1.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                runs.1.remove(&self.principal);
+            }
+        }
+    }
+}
+
+impl Api {
+    pub fn new(node: Arc<Node>, config: ApiConfig) -> Result<Arc<Self>, Error> {
+        let mut keys = Vec::new();
+        for (n, key) in config.keys.iter().enumerate() {
+            let hex = key.hash.strip_prefix("blake3:").ok_or_else(|| {
+                Error::Config(format!(
+                    "api.keys[{n}] (`{}`): the hash must start with `blake3:` (make one with `airlock api-key`)",
+                    key.principal
+                ))
+            })?;
+            let hash = blake3::Hash::from_hex(hex).map_err(|e| {
+                Error::Config(format!(
+                    "api.keys[{n}] (`{}`): the hash is not 64 hex digits: {e}",
+                    key.principal
+                ))
+            })?;
+            if key.principal.trim().is_empty() || key.roles.is_empty() {
+                return Err(Error::Config(format!(
+                    "api.keys[{n}]: a key needs a principal and at least one role"
+                )));
+            }
+            keys.push(Key {
+                hash,
+                principal: Principal {
+                    name: key.principal.clone(),
+                    roles: key.roles.clone(),
+                },
+            });
+        }
+        Ok(Arc::new(Api {
+            node,
+            config,
+            keys,
+            runs: Mutex::default(),
+        }))
+    }
+
+    pub fn config(&self) -> &ApiConfig {
+        &self.config
+    }
+
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The principal whose key this is. Every configured key is compared
+    /// (blake3 hashes compare in constant time), so timing says nothing
+    /// about which keys exist.
+    fn authenticate(&self, presented: &str) -> Option<Principal> {
+        let hash = blake3::hash(presented.as_bytes());
+        let mut found = None;
+        for key in &self.keys {
+            if key.hash == hash {
+                found = Some(key.principal.clone());
+            }
+        }
+        found
+    }
+
+    /// A run slot for `principal`, or 429 when the server or the principal
+    /// has as many runs going as it may.
+    pub(crate) fn slot(self: &Arc<Self>, principal: &str) -> Result<Slot, ApiError> {
+        let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        if runs.0 >= self.config.max_runs {
+            return Err(ApiError::busy(format!(
+                "the server has {} runs in progress, its limit; retry shortly",
+                runs.0
+            )));
+        }
+        let mine = runs.1.get(principal).copied().unwrap_or(0);
+        if mine >= self.config.max_runs_per_principal {
+            return Err(ApiError::busy(format!(
+                "principal `{principal}` has {mine} runs in progress, its limit; retry shortly"
+            )));
+        }
+        runs.0 += 1;
+        runs.1.insert(principal.to_string(), mine + 1);
+        Ok(Slot {
+            api: self.clone(),
+            principal: principal.to_string(),
+        })
+    }
+
+    /// Runs in progress now.
+    pub fn runs_in_progress(&self) -> u32 {
+        self.runs.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
+}
+
+/// The whole server: the API under `/v1`, health, and the identity
+/// endpoints (discovery and JWKS are public, as relying parties need them;
+/// introspection needs a key).
+pub fn router(api: Arc<Api>) -> Router {
+    let issuer = api.node.issuer().clone();
+    let public = Router::new()
+        .route("/healthz", axum::routing::get(handlers::healthz))
+        .with_state(api.clone())
+        .merge(crate::identity::server::public(issuer.clone()));
+    let private = handlers::routes(api.clone())
+        .merge(crate::identity::server::introspection(issuer))
+        // Unknown paths too: nothing about the API is told without a key.
+        .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /v1") })
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            authenticate,
+        ));
+    let max_body = usize::try_from(api.config.max_body).unwrap_or(usize::MAX);
+    public
+        .merge(private)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(api, guard))
+}
+
+/// Before anything else: the Host allowlist and the declared body size.
+async fn guard(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(strip_port);
+    let allowed = host.is_some_and(|host| {
+        api.config
+            .allowed_hosts
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(host))
+    });
+    if !allowed {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "host_not_allowed",
+            "this server does not answer for that Host (api.allowed_hosts)",
+        )
+        .into_response();
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > api.config.max_body) {
+        return too_large(api.config.max_body).into_response();
+    }
+    next.run(request).await
+}
+
+pub(crate) fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body is over the limit of {limit} bytes (api.max_body)"),
+    )
+}
+
+/// `host:port`, `[v6]:port` or a bare host, without the port.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .find(']')
+            .and_then(|end| host.get(..=end))
+            .unwrap_or(host);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+/// No request without a valid key reaches a handler.
+async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send an API key: `Authorization: Bearer <key>`",
+        )
+        .into_response();
+    };
+    let Some(principal) = api.authenticate(presented) else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "the API key is not valid",
+        )
+        .into_response();
+    };
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,608 @@
+//! `airlock serve` end to end: a real HTTP client against the API on
+//! 127.0.0.1:0. Every endpoint, every refusal of authentication and
+//! authorization, and bad input answered with a stable code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_runtime::api::{Api, new_key};
+use airlock_tests::{TestNode, skills, wasm};
+use reqwest::StatusCode;
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+/// Principals and their keys.
+struct Keys {
+    submitter: String,
+    reviewer: String,
+    runner: String,
+    auditor: String,
+    /// Submitter and reviewer at once.
+    both: String,
+}
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    keys: Keys,
+    node: TestNode,
+}
+
+fn stanza(principal: &str, roles: &[&str], hash: &str) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        "[[api.keys]]\nprincipal = \"{principal}\"\nroles = [{}]\nhash = \"{hash}\"\n",
+        roles.join(", ")
+    )
+}
+
+async fn server(extra: &str) -> Server {
+    let mut config = String::from(extra);
+    let mut key = |principal: &str, roles: &[&str]| {
+        let (key, hash) = new_key();
+        config.push_str(&stanza(principal, roles, &hash));
+        key
+    };
+    let keys = Keys {
+        submitter: key("orchestrator", &["submitter"]),
+        reviewer: key("reviewer", &["reviewer"]),
+        runner: key("runner", &["runner"]),
+        auditor: key("auditor", &["auditor"]),
+        both: key("alice", &["submitter", "reviewer"]),
+    };
+    let node = TestNode::new(
+        &config,
+        &[("allow.cedar", "permit(principal, action, resource);")],
+    );
+    let api = Api::new(node.node.clone(), node.node.config().api.clone())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let router = airlock_runtime::api::router(api);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Server {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        keys,
+        node,
+    }
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn submit(&self, key: &str, path: &str, metadata: Value) -> (StatusCode, Value) {
+        let form = Form::new()
+            .part(
+                "metadata",
+                Part::text(metadata.to_string())
+                    .mime_str("application/json")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .part("component", Part::bytes(wasm(path)).file_name("skill.wasm"));
+        let response = self
+            .client
+            .post(self.url("/v1/skills"))
+            .bearer_auth(key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        answer(response).await
+    }
+
+    async fn post(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        answer(response).await
+    }
+
+    async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        answer(response).await
+    }
+
+    /// Admitted by the submitter and approved by the reviewer.
+    async fn approved(&self, path: &str) -> String {
+        let (status, body) = self
+            .submit(&self.keys.submitter, path, metadata("skill"))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let digest = body["digest"].as_str().unwrap_or_default().to_string();
+        let (status, body) = self
+            .post(
+                &self.keys.reviewer,
+                &format!("/v1/skills/{digest}/approve"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        digest
+    }
+}
+
+async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+fn metadata(name: &str) -> Value {
+    json!({"name": name, "agent": "planner", "trust": "medium", "description": "says hello"})
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn no_request_without_a_valid_key_reaches_a_handler() {
+    let s = server("").await;
+    for (method, path) in [
+        ("GET", "/v1/skills"),
+        ("POST", "/v1/skills"),
+        ("POST", "/v1/runs"),
+        ("GET", "/v1/audit"),
+        ("GET", "/v1/audit/verify"),
+        ("POST", "/oauth2/introspect"),
+        ("GET", "/v1/no-such-endpoint"),
+    ] {
+        let url = s.url(path);
+        let request = match method {
+            "GET" => s.client.get(&url),
+            _ => s.client.post(&url),
+        };
+        let response = request.send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.headers()["www-authenticate"], "Bearer", "{path}");
+        let (status, body) = answer(response).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+        assert_eq!(code(&body), "unauthenticated");
+
+        let request = match method {
+            "GET" => s.client.get(&url),
+            _ => s.client.post(&url),
+        };
+        let response = request
+            .bearer_auth("airlock_not-a-key")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (status, body) = answer(response).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+        assert_eq!(body["error"]["message"], "the API key is not valid");
+    }
+    // What is public: health, and what relying parties need to verify tokens.
+    for path in [
+        "/healthz",
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+    ] {
+        let response = s
+            .client
+            .get(s.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_foreign_host_header_is_refused_even_with_a_key() {
+    let s = server("").await;
+    // DNS rebinding: the browser sends the attacker's name.
+    let response = s
+        .client
+        .get(s.url("/v1/skills"))
+        .header("host", "evil.example:8480")
+        .bearer_auth(&s.keys.runner)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, body) = answer(response).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+    assert_eq!(code(&body), "host_not_allowed");
+    let response = s
+        .client
+        .get(s.url("/healthz"))
+        .header("host", "evil.example")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), StatusCode::MISDIRECTED_REQUEST);
+    let (status, _) = s.get(&s.keys.runner, "/v1/skills").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s.get(&s.keys.runner, "/v1/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(code(&body), "not_found");
+}
+
+#[tokio::test]
+async fn a_skill_is_submitted_reviewed_and_run_by_the_roles_that_may() {
+    let s = server("").await;
+    // Only a submitter submits.
+    let (status, body) = s
+        .submit(&s.keys.runner, skills::HELLO, metadata("hello"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(code(&body), "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("submitter")
+    );
+
+    let (status, body) = s
+        .submit(&s.keys.submitter, skills::HELLO, metadata("hello"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let digest = body["digest"].as_str().unwrap_or_default().to_string();
+    assert_eq!(digest.len(), 64);
+    assert_eq!(body["new"], true);
+    assert_eq!(body["skill"]["state"], "pending");
+    assert_eq!(body["skill"]["submitter"], "orchestrator");
+    assert!(body["capabilities"].is_array(), "{body}");
+    // The same bytes again: the same skill, not a new one.
+    let (status, body) = s
+        .submit(&s.keys.submitter, skills::HELLO, metadata("hello"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["new"], false);
+
+    let run = json!({"skill": digest, "input": {"name": "Ada"}, "task": {"id": "t-1", "intent": "greet"}});
+    // Pending: not runnable.
+    let (status, body) = s.post(&s.keys.runner, "/v1/runs", run.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(code(&body), "refused");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pending"),
+        "{body}"
+    );
+
+    // Neither a runner nor the submitter approves.
+    let approve = format!("/v1/skills/{digest}/approve");
+    let (status, body) = s.post(&s.keys.runner, &approve, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = s.post(&s.keys.both, &approve, json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "alice did not submit this one: {body}"
+    );
+    let (status, body) = s
+        .submit(&s.keys.both, skills::WORD_COUNT, metadata("wc"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let own = body["digest"].as_str().unwrap_or_default().to_string();
+    let (status, body) = s
+        .post(
+            &s.keys.both,
+            &format!("/v1/skills/{own}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("submit"),
+        "{body}"
+    );
+
+    // Approved: it runs, and only for a runner.
+    let (status, body) = s.post(&s.keys.submitter, "/v1/runs", run.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = s.post(&s.keys.runner, "/v1/runs", run).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "ok", "{body}");
+    assert!(
+        body["output"].as_str().unwrap_or_default().contains("Ada"),
+        "{body}"
+    );
+    assert!(body["usage"]["duration_us"].as_u64().is_some(), "{body}");
+
+    let (status, body) = s.get(&s.keys.runner, "/v1/skills").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.as_array().map(Vec::len), Some(2), "{body}");
+    let (status, body) = s
+        .get(&s.keys.auditor, &format!("/v1/skills/{digest}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "approved");
+    assert_eq!(body["reviewer"], "alice");
+}
+
+#[tokio::test]
+async fn quarantine_and_revoke_need_a_reviewer_and_a_reason() {
+    let s = server("").await;
+    let digest = s.approved(skills::HELLO).await;
+    let quarantine = format!("/v1/skills/{digest}/quarantine");
+    let (status, body) = s
+        .post(&s.keys.submitter, &quarantine, json!({"reason": "x"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = s.post(&s.keys.reviewer, &quarantine, json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(code(&body), "invalid_request");
+    let (status, body) = s
+        .post(
+            &s.keys.reviewer,
+            &quarantine,
+            json!({"reason": "exfiltrates"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "quarantined");
+    let (status, body) = s
+        .post(&s.keys.runner, "/v1/runs", json!({"skill": digest}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exfiltrates"),
+        "{body}"
+    );
+    let (status, body) = s
+        .post(
+            &s.keys.reviewer,
+            &format!("/v1/skills/{digest}/revoke"),
+            json!({"reason": "for good"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "revoked");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_stable_code_and_no_internal_detail() {
+    let s = server("[api]\nmax_body = 200000\n").await;
+    let digest = s.approved(skills::HELLO).await;
+    let send = |body: String| {
+        s.client
+            .post(s.url("/v1/runs"))
+            .bearer_auth(&s.keys.runner)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let cases = [
+        ("{\"skill\": ", StatusCode::BAD_REQUEST, "malformed_json"),
+        (
+            &*format!("{{\"skill\": \"{digest}\", \"colour\": 1}}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            &*format!(
+                "{{\"skill\": \"{digest}\", \"input\": {}1{}}}",
+                "[".repeat(5000),
+                "]".repeat(5000)
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "{\"skill\": \"abc\"}",
+            StatusCode::BAD_REQUEST,
+            "invalid_digest",
+        ),
+        (
+            &*format!("{{\"skill\": \"{}\"}}", "z".repeat(64)),
+            StatusCode::BAD_REQUEST,
+            "invalid_digest",
+        ),
+        (
+            &*format!("{{\"skill\": \"{}\"}}", "0".repeat(64)),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            &*format!("{{\"skill\": \"{digest}\", \"task\": {{\"sensitivity\": \"cosmic\"}}}}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    let data_dir = s.node.dir.path().display().to_string();
+    for (body, want_status, want_code) in cases {
+        let response = send(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (status, reply) = answer(response).await;
+        assert_eq!(
+            status,
+            want_status,
+            "{}: {reply}",
+            &body[..body.len().min(80)]
+        );
+        assert_eq!(code(&reply), want_code, "{reply}");
+        assert!(!reply.to_string().contains(&data_dir), "{reply}");
+    }
+    // Oversized: refused on the declared length, before the body is read.
+    let (status, reply) = {
+        let response = send(format!(
+            "{{\"skill\": \"{digest}\", \"input\": \"{}\"}}",
+            "a".repeat(300_000)
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        answer(response).await
+    };
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{reply}");
+    assert_eq!(code(&reply), "body_too_large");
+    // Not JSON at all.
+    let response = s
+        .client
+        .post(s.url("/v1/runs"))
+        .bearer_auth(&s.keys.runner)
+        .body("skill=x")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, reply) = answer(response).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{reply}");
+    // A path that is not a digest.
+    let (status, reply) = s.get(&s.keys.runner, "/v1/skills/..%2F..%2Fetc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    assert_eq!(code(&reply), "invalid_digest");
+    // A submission without its component, and one that is not a component.
+    let form = Form::new().part("metadata", Part::text(metadata("x").to_string()));
+    let response = s
+        .client
+        .post(s.url("/v1/skills"))
+        .bearer_auth(&s.keys.submitter)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, reply) = answer(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+    let form = Form::new()
+        .part("metadata", Part::text(metadata("x").to_string()))
+        .part("component", Part::bytes(b"\0asm not really".to_vec()));
+    let response = s
+        .client
+        .post(s.url("/v1/skills"))
+        .bearer_auth(&s.keys.submitter)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, reply) = answer(response).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
+    assert_eq!(code(&reply), "skill_rejected");
+    assert!(!reply.to_string().contains(&data_dir), "{reply}");
+}
+
+#[tokio::test]
+async fn runs_beyond_a_principals_limit_get_429_with_retry_after() {
+    let s = server("[api]\nmax_runs_per_principal = 1\n").await;
+    let digest = s.approved(skills::INFINITE_LOOP).await;
+    let slow = json!({"skill": digest, "limits": {"deadline_ms": 1500}});
+    let s = Arc::new(s);
+    let first = {
+        let s = s.clone();
+        let slow = slow.clone();
+        tokio::spawn(async move { s.post(&s.keys.runner, "/v1/runs", slow).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = s
+        .client
+        .post(s.url("/v1/runs"))
+        .bearer_auth(&s.keys.runner)
+        .json(&slow)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, body) = answer(response).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(code(&body), "too_many_requests");
+    let (status, body) = first.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["status"], "limit",
+        "bounded by the deadline asked for: {body}"
+    );
+    // The slot is free again.
+    let (status, body) = s.get(&s.keys.runner, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["runs_in_progress"], 0);
+}
+
+#[tokio::test]
+async fn auditors_read_filter_page_verify_and_export_the_log() {
+    let s = server("").await;
+    let digest = s.approved(skills::HELLO).await;
+    for task in ["t-1", "t-2"] {
+        let (status, body) = s
+            .post(
+                &s.keys.runner,
+                "/v1/runs",
+                json!({"skill": digest, "task": {"id": task, "intent": "greet"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = s.get(&s.keys.runner, "/v1/audit").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = s.get(&s.keys.auditor, "/v1/audit?task=t-2").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let records = body["records"].as_array().cloned().unwrap_or_default();
+    assert!(!records.is_empty());
+    assert!(
+        records.iter().all(|r| r["event"]["task_id"] == "t-2"),
+        "{body}"
+    );
+    // Paging: one at a time, in order, to the end.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let (_, page) = s
+            .get(&s.keys.auditor, &format!("/v1/audit?limit=1&after={after}"))
+            .await;
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        seen.extend(records.iter().filter_map(|r| r["seq"].as_u64()));
+        match page["next"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert!(seen.len() > 4, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    let (status, body) = s.get(&s.keys.auditor, "/v1/audit?limit=lots").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let (status, body) = s.get(&s.keys.auditor, "/v1/audit/verify").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ok"], true, "{body}");
+    assert!(body["records"].as_u64().unwrap_or_default() > 4);
+
+    let response = s
+        .client
+        .get(s.url("/v1/audit/export?format=ocsf"))
+        .bearer_auth(&s.keys.auditor)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let text = response.text().await.unwrap_or_default();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e["class_uid"] == 6003), "{text}");
+
+    // Tampering shows through the API too.
+    let path = s.node.dir.path().join("data/audit/audit.jsonl");
+    let log = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, log.replacen("t-1", "t-9", 1)).unwrap_or_else(|e| panic!("{e}"));
+    let (_, body) = s.get(&s.keys.auditor, "/v1/audit/verify").await;
+    assert_eq!(body["ok"], false, "{body}");
+    assert!(body["problem"]["line"].as_u64().is_some(), "{body}");
+}
