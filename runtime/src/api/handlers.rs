@@ -273,35 +273,55 @@ struct Hold {
 }
 
 async fn quarantine(
-    State(api): State<Arc<Api>>,
-    Extension(principal): Extension<Principal>,
-    Path(text): Path<String>,
-    Body(hold): Body<Hold>,
+    state: State<Arc<Api>>,
+    principal: Extension<Principal>,
+    path: Path<String>,
+    body: Body<Hold>,
 ) -> Result<Json<SkillRecord>, ApiError> {
-    principal.require(Role::Reviewer)?;
-    let digest = digest(&text)?;
-    record_or_404(&api, &digest)?;
-    Ok(Json(
-        api.node()
-            .quarantine(digest, &principal.name, &hold.reason)
-            .await?,
-    ))
+    hold(
+        state,
+        principal,
+        path,
+        body,
+        crate::admission::State::Quarantined,
+    )
+    .await
 }
 
 async fn revoke(
+    state: State<Arc<Api>>,
+    principal: Extension<Principal>,
+    path: Path<String>,
+    body: Body<Hold>,
+) -> Result<Json<SkillRecord>, ApiError> {
+    hold(
+        state,
+        principal,
+        path,
+        body,
+        crate::admission::State::Revoked,
+    )
+    .await
+}
+
+async fn hold(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
     Path(text): Path<String>,
     Body(hold): Body<Hold>,
+    to: crate::admission::State,
 ) -> Result<Json<SkillRecord>, ApiError> {
     principal.require(Role::Reviewer)?;
     let digest = digest(&text)?;
     record_or_404(&api, &digest)?;
-    Ok(Json(
-        api.node()
-            .revoke(digest, &principal.name, &hold.reason)
-            .await?,
-    ))
+    let node = api.node();
+    let record = if to == crate::admission::State::Revoked {
+        node.revoke(digest, &principal.name, &hold.reason).await?
+    } else {
+        node.quarantine(digest, &principal.name, &hold.reason)
+            .await?
+    };
+    Ok(Json(record))
 }
 
 #[derive(Deserialize)]
@@ -421,13 +441,6 @@ struct AuditPage {
     next: Option<u64>,
 }
 
-fn field<'a>(event: &'a serde_json::Value, path: &[&str]) -> &'a str {
-    path.iter()
-        .try_fold(event, |v, key| v.get(key))
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-}
-
 fn audit_records(api: &Api) -> Result<Vec<Record>, ApiError> {
     let Some(log) = api.node().services().audit.clone() else {
         return Err(ApiError::not_found("this server keeps no audit log"));
@@ -452,6 +465,12 @@ async fn audit(
     principal.require(Role::Auditor)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let filter = crate::audit::Filter {
+        skill: q.skill,
+        instance: q.instance,
+        task: q.task,
+        decision: q.decision,
+    };
     let api2 = api.clone();
     let records = tokio::task::spawn_blocking(move || audit_records(&api2))
         .await
@@ -459,18 +478,7 @@ async fn audit(
     let mut page = Vec::new();
     let mut next = None;
     for record in records.into_iter().filter(|r| r.seq > q.after) {
-        let e = &record.event;
-        let keep = q.skill.as_deref().is_none_or(|s| field(e, &["skill"]) == s)
-            && q.instance
-                .as_deref()
-                .is_none_or(|i| field(e, &["instance"]) == i)
-            && q.task
-                .as_deref()
-                .is_none_or(|t| field(e, &["task_id"]) == t)
-            && q.decision
-                .as_deref()
-                .is_none_or(|d| field(e, &["decision", "verdict"]) == d);
-        if !keep {
+        if !filter.matches(&record.event) {
             continue;
         }
         if page.len() == limit {

@@ -758,6 +758,40 @@ pub fn end_events(
     events
 }
 
+/// A string field of an event by path (`["decision", "verdict"]`), or "".
+pub fn field<'a>(event: &'a serde_json::Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(event, |v, key| v.get(key))
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+}
+
+/// Which records to show: every field given must match.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// The skill's name.
+    pub skill: Option<String>,
+    pub instance: Option<String>,
+    /// The task id.
+    pub task: Option<String>,
+    /// `allow` or `deny`: call records with that verdict.
+    pub decision: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, event: &serde_json::Value) -> bool {
+        let is = |want: &Option<String>, path: &[&str]| {
+            want.as_deref().is_none_or(|w| field(event, path) == w)
+        };
+        is(&self.skill, &["skill"])
+            && is(&self.instance, &["instance"])
+            && is(&self.task, &["task_id"])
+            && self.decision.as_deref().is_none_or(|d| {
+                field(event, &["kind"]) == "call" && field(event, &["decision", "verdict"]) == d
+            })
+    }
+}
+
 /// What `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verification {

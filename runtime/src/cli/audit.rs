@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::{Failure, exit};
 use crate::Config;
-use crate::audit::{Record, verify};
+use crate::audit::{Filter, Record, field, verify};
 use crate::identity::Issuer;
 
 #[derive(Debug, Subcommand)]
@@ -58,13 +58,6 @@ pub enum ExportFormat {
 fn log_path(path: Option<PathBuf>, data_dir: Option<&PathBuf>) -> Result<PathBuf, Failure> {
     path.or_else(|| data_dir.map(|d| d.join("audit").join("audit.jsonl")))
         .ok_or_else(|| Failure::usage("no audit log: pass a path, --data-dir or set AIRLOCK_HOME"))
-}
-
-fn field<'a>(event: &'a serde_json::Value, path: &[&str]) -> &'a str {
-    path.iter()
-        .try_fold(event, |v, key| v.get(key))
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
 }
 
 pub fn run(
@@ -121,6 +114,12 @@ pub fn run(
             task,
             decision,
         } => {
+            let filter = Filter {
+                skill,
+                instance,
+                task,
+                decision,
+            };
             let path = log_path(path, data_dir.as_ref())?;
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", path.display())))?;
@@ -131,15 +130,7 @@ pub fn run(
                 };
                 let e = &record.event;
                 let kind = field(e, &["kind"]);
-                let keep = skill.as_deref().is_none_or(|s| field(e, &["skill"]) == s)
-                    && instance
-                        .as_deref()
-                        .is_none_or(|i| field(e, &["instance"]) == i)
-                    && task.as_deref().is_none_or(|t| field(e, &["task_id"]) == t)
-                    && decision
-                        .as_deref()
-                        .is_none_or(|d| kind == "call" && field(e, &["decision", "verdict"]) == d);
-                if !keep {
+                if !filter.matches(e) {
                     continue;
                 }
                 let detail = match kind {
