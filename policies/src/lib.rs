@@ -15,6 +15,7 @@
 //! reading policy files.
 
 mod context;
+pub mod control;
 mod load;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -594,52 +595,64 @@ impl Policies {
     }
 
     fn combine(&self, request: &Request, entities: &Entities, sets: &[&PolicySet]) -> Answer {
-        let authorizer = Authorizer::new();
-        let mut permits = Vec::new();
-        let mut forbids = Vec::new();
-        let mut errors = Vec::new();
-        for set in sets {
-            let response = authorizer.is_authorized(request, set, entities);
-            let diagnostics = response.diagnostics();
-            for error in diagnostics.errors() {
-                errors.push(error.to_string());
-            }
-            let ids = diagnostics.reason().cloned();
-            match response.decision() {
-                cedar_policy::Decision::Allow => permits.extend(ids),
-                cedar_policy::Decision::Deny => forbids.extend(ids),
-            }
+        combine(&self.all, request, entities, sets)
+    }
+}
+
+/// One answer from the sets' decisions: an evaluation error is a deny, then
+/// any satisfied forbid, then an allow only if a permit applied. Reasons are
+/// the `@reason`s in `all` of the deciding forbids.
+pub(crate) fn combine(
+    all: &PolicySet,
+    request: &Request,
+    entities: &Entities,
+    sets: &[&PolicySet],
+) -> Answer {
+    let authorizer = Authorizer::new();
+    let mut permits = Vec::new();
+    let mut forbids = Vec::new();
+    let mut errors = Vec::new();
+    for set in sets {
+        let response = authorizer.is_authorized(request, set, entities);
+        let diagnostics = response.diagnostics();
+        for error in diagnostics.errors() {
+            errors.push(error.to_string());
         }
-        if !errors.is_empty() {
-            let ids = errors
-                .iter()
-                .filter_map(|e| {
-                    e.strip_prefix("error while evaluating policy `")
-                        .and_then(|rest| rest.split_once('`'))
-                        .map(|(id, _)| id.to_string())
-                })
-                .collect();
-            return Answer::deny(
-                ids,
-                format!("{}; an evaluation error is a deny", errors.join("; ")),
-            );
+        let ids = diagnostics.reason().cloned();
+        match response.decision() {
+            cedar_policy::Decision::Allow => permits.extend(ids),
+            cedar_policy::Decision::Deny => forbids.extend(ids),
         }
-        if !forbids.is_empty() {
-            let reasons: Vec<&str> = forbids
-                .iter()
-                .filter_map(|id| self.all.annotation(id, "reason"))
-                .collect();
-            return Answer {
-                allowed: false,
-                policies: sorted_ids(forbids),
-                reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
-            };
-        }
-        Answer {
-            allowed: !permits.is_empty(),
-            policies: sorted_ids(permits),
-            reason: None,
-        }
+    }
+    if !errors.is_empty() {
+        let ids = errors
+            .iter()
+            .filter_map(|e| {
+                e.strip_prefix("error while evaluating policy `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(id, _)| id.to_string())
+            })
+            .collect();
+        return Answer::deny(
+            ids,
+            format!("{}; an evaluation error is a deny", errors.join("; ")),
+        );
+    }
+    if !forbids.is_empty() {
+        let reasons: Vec<&str> = forbids
+            .iter()
+            .filter_map(|id| all.annotation(id, "reason"))
+            .collect();
+        return Answer {
+            allowed: false,
+            policies: sorted_ids(forbids),
+            reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+        };
+    }
+    Answer {
+        allowed: !permits.is_empty(),
+        policies: sorted_ids(permits),
+        reason: None,
     }
 }
 

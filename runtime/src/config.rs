@@ -376,6 +376,9 @@ impl Config {
         if let Some(dir) = &mut self.policy.dir {
             resolve(dir);
         }
+        if let Some(dir) = &mut self.api.policies {
+            resolve(dir);
+        }
         if let Some(root) = &mut self.storage.root {
             resolve(root);
         }

@@ -19,6 +19,8 @@ struct Keys {
     auditor: String,
     /// Submitter and reviewer at once.
     both: String,
+    /// Runner and reviewer of another tenant.
+    red: String,
 }
 
 struct Server {
@@ -28,10 +30,10 @@ struct Server {
     node: TestNode,
 }
 
-fn stanza(principal: &str, roles: &[&str], hash: &str) -> String {
+fn stanza(principal: &str, roles: &[&str], tenant: &str, hash: &str) -> String {
     let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
     format!(
-        "[[api.keys]]\nprincipal = \"{principal}\"\nroles = [{}]\nhash = \"{hash}\"\n",
+        "[[api.keys]]\nprincipal = \"{principal}\"\nroles = [{}]\ntenant = \"{tenant}\"\nhash = \"{hash}\"\n",
         roles.join(", ")
     )
 }
@@ -40,7 +42,8 @@ async fn server(extra: &str) -> Server {
     let mut config = String::from(extra);
     let mut key = |principal: &str, roles: &[&str]| {
         let (key, hash) = new_key();
-        config.push_str(&stanza(principal, roles, &hash));
+        let (principal, tenant) = principal.split_once('@').unwrap_or((principal, "default"));
+        config.push_str(&stanza(principal, roles, tenant, &hash));
         key
     };
     let keys = Keys {
@@ -49,6 +52,7 @@ async fn server(extra: &str) -> Server {
         runner: key("runner", &["runner"]),
         auditor: key("auditor", &["auditor"]),
         both: key("alice", &["submitter", "reviewer"]),
+        red: key("mallory@red", &["runner", "reviewer"]),
     };
     let node = TestNode::new(
         &config,
@@ -229,6 +233,15 @@ async fn a_foreign_host_header_is_refused_even_with_a_key() {
     assert_eq!(response.status(), StatusCode::MISDIRECTED_REQUEST);
     let (status, _) = s.get(&s.keys.runner, "/v1/skills").await;
     assert_eq!(status, StatusCode::OK);
+    // The scheme is case-insensitive.
+    let response = s
+        .client
+        .get(s.url("/v1/skills"))
+        .header("authorization", format!("bEaReR {}", s.keys.runner))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), StatusCode::OK);
     let (status, body) = s.get(&s.keys.runner, "/v1/nothing-here").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(code(&body), "not_found");
@@ -243,11 +256,9 @@ async fn a_skill_is_submitted_reviewed_and_run_by_the_roles_that_may() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(code(&body), "forbidden");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("submitter")
+    assert_eq!(
+        body["error"]["message"],
+        "`runner` may not `submit` the server: no policy permits it for roles [runner] in tenant `default`"
     );
 
     let (status, body) = s
@@ -302,12 +313,11 @@ async fn a_skill_is_submitted_reviewed_and_run_by_the_roles_that_may() {
             json!({}),
         )
         .await;
-    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // Refused by the control-plane policy, which the refusal names.
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("submit"),
+        message.contains("`approve`") && message.contains("control/no-self-approval"),
         "{body}"
     );
 
@@ -605,4 +615,80 @@ async fn auditors_read_filter_page_verify_and_export_the_log() {
     let (_, body) = s.get(&s.keys.auditor, "/v1/audit/verify").await;
     assert_eq!(body["ok"], false, "{body}");
     assert!(body["problem"]["line"].as_u64().is_some(), "{body}");
+}
+
+#[tokio::test]
+async fn another_tenants_skills_cannot_be_seen_run_or_reviewed() {
+    let s = server("").await;
+    let digest = s.approved(skills::HELLO).await;
+    let (status, body) = s.get(&s.keys.red, "/v1/skills").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([]), "the list shows only the caller's tenant");
+    let (status, body) = s.get(&s.keys.red, &format!("/v1/skills/{digest}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    for (path, payload) in [
+        ("/v1/runs".to_string(), json!({"skill": digest})),
+        (format!("/v1/skills/{digest}/approve"), json!({})),
+        (
+            format!("/v1/skills/{digest}/revoke"),
+            json!({"reason": "sabotage"}),
+        ),
+    ] {
+        let (status, body) = s.post(&s.keys.red, &path, payload).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("control/own-tenant-only") && message.contains("another tenant"),
+            "{path}: {body}"
+        );
+    }
+    let (_, body) = s.get(&s.keys.runner, &format!("/v1/skills/{digest}")).await;
+    assert_eq!(body["state"], "approved", "nothing changed: {body}");
+    assert_eq!(body["tenant"], "default");
+}
+
+#[tokio::test]
+async fn an_operators_control_policy_restricts_the_api() {
+    let policies = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        policies.path().join("ops.cedar"),
+        r#"@id("ops/no-low-trust-runs")
+@reason("skills from low-trust agents are not run through the API")
+forbid (principal, action == AirlockControl::Action::"run", resource)
+when { resource.trust == "low" };"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let s = server(&format!(
+        "[api]\npolicies = {:?}\n",
+        policies.path().display().to_string()
+    ))
+    .await;
+    let (status, body) = s
+        .submit(
+            &s.keys.submitter,
+            skills::HELLO,
+            json!({"name": "hello", "agent": "intern", "trust": "low"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let digest = body["digest"].as_str().unwrap_or_default().to_string();
+    let (status, body) = s
+        .post(
+            &s.keys.reviewer,
+            &format!("/v1/skills/{digest}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = s
+        .post(&s.keys.runner, "/v1/runs", json!({"skill": digest}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ops/no-low-trust-runs: skills from low-trust agents"),
+        "{body}"
+    );
 }

@@ -33,7 +33,8 @@ pub mod node;
 #[cfg(test)]
 mod tests;
 
-/// The database schema, version 1.
+/// The database schema, version 2 (1 had no `tenant`; [`SkillStore::open`]
+/// migrates it).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS skills (
     digest       TEXT PRIMARY KEY,      -- blake3 of the component, hex
@@ -54,7 +55,8 @@ CREATE TABLE IF NOT EXISTS skills (
     reviewer     TEXT,                  -- who approved it
     approved_ms  INTEGER,
     expires_ms   INTEGER,               -- when the approval ends
-    changed_ms   INTEGER NOT NULL       -- the last change of state
+    changed_ms   INTEGER NOT NULL,      -- the last change of state
+    tenant       TEXT NOT NULL DEFAULT 'default' -- the submitter's tenant
 );
 CREATE TABLE IF NOT EXISTS transitions (
     id      INTEGER PRIMARY KEY,
@@ -66,7 +68,7 @@ CREATE TABLE IF NOT EXISTS transitions (
     reason  TEXT
 );
 CREATE INDEX IF NOT EXISTS transitions_by_digest ON transitions (digest, id);
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 ";
 
 /// Where a skill is in its lifecycle.
@@ -130,6 +132,8 @@ pub struct SkillRecord {
     pub approved_ms: Option<u64>,
     pub expires_ms: Option<u64>,
     pub changed_ms: u64,
+    /// The submitter's tenant: who the skill belongs to.
+    pub tenant: String,
 }
 
 impl SkillRecord {
@@ -168,17 +172,38 @@ pub struct Transition {
     pub reason: Option<String>,
 }
 
+/// The tenant of a single-tenant deployment, and of skills admitted before
+/// tenants existed.
+pub const DEFAULT_TENANT: &str = "default";
+
 /// A request to admit a skill.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Submission {
     pub name: String,
     pub description: Option<String>,
     pub agent: String,
     pub trust: Trust,
     pub submitter: String,
+    /// The submitter's tenant (`default` when there is one tenant).
+    pub tenant: String,
     pub input_schema: Option<serde_json::Value>,
     /// A detached Ed25519 signature over the 32 digest bytes.
     pub signature: Option<Vec<u8>>,
+}
+
+impl Default for Submission {
+    fn default() -> Self {
+        Submission {
+            name: String::new(),
+            description: None,
+            agent: String::new(),
+            trust: Trust::default(),
+            submitter: String::new(),
+            tenant: DEFAULT_TENANT.to_string(),
+            input_schema: None,
+            signature: None,
+        }
+    }
 }
 
 /// The operator's admission settings: `[admission]` in `airlock.toml`.
@@ -324,7 +349,7 @@ fn db_error(e: rusqlite::Error) -> Error {
 
 const COLUMNS: &str = "digest, name, description, agent, trust, submitter, admitted_ms, size, \
      imports, capabilities, input_schema, signed_by, state, reason, reviewer, approved_ms, \
-     expires_ms, changed_ms";
+     expires_ms, changed_ms, tenant";
 
 fn ms(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
@@ -376,7 +401,23 @@ fn record_from_row(row: &rusqlite::Row<'_>, now: u64) -> rusqlite::Result<SkillR
         approved_ms: row.get::<_, Option<i64>>(15)?.map(ms),
         expires_ms,
         changed_ms: ms(row.get(17)?),
+        tenant: row.get(18)?,
     })
+}
+
+/// Version 1 to 2: skills gain a tenant; existing ones are `default`'s.
+/// Another process may be migrating at the same moment: the version is
+/// checked again under the write lock.
+fn migrate_v1(db: &mut Connection) -> rusqlite::Result<()> {
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version == 1 {
+        tx.execute_batch(
+            "ALTER TABLE skills ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+             PRAGMA user_version = 2;",
+        )?;
+    }
+    tx.commit()
 }
 
 struct Step<'a> {
@@ -398,7 +439,7 @@ impl SkillStore {
     pub fn open(dir: &Path) -> Result<Self, Error> {
         crate::fsutil::create_private_dir(&dir.join("blobs"))?;
         let path = dir.join("skills.db");
-        let db = Connection::open(&path).map_err(|e| {
+        let mut db = Connection::open(&path).map_err(|e| {
             Error::Admission(format!(
                 "opening the skill database `{}`: {e}",
                 path.display()
@@ -412,11 +453,14 @@ impl SkillStore {
         let version: i64 = db
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(db_error)?;
-        if version > 1 {
+        if version > 2 {
             return Err(Error::Admission(format!(
-                "the skill database `{}` has schema version {version}, newer than this Airlock knows (1)",
+                "the skill database `{}` has schema version {version}, newer than this Airlock knows (2)",
                 path.display()
             )));
+        }
+        if version == 1 {
+            migrate_v1(&mut db).map_err(db_error)?;
         }
         db.execute_batch(SCHEMA).map_err(db_error)?;
         Ok(SkillStore {
@@ -453,6 +497,7 @@ impl SkillStore {
             ("name", &submission.name),
             ("agent", &submission.agent),
             ("submitter", &submission.submitter),
+            ("tenant", &submission.tenant),
         ] {
             if value.trim().is_empty() {
                 return Err(Error::Admission(format!("the skill's {what} is empty")));
@@ -470,7 +515,7 @@ impl SkillStore {
         tx.execute(
             &format!(
                 "INSERT INTO skills ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending', NULL, NULL, NULL, NULL, ?7)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending', NULL, NULL, NULL, NULL, ?7, ?13)"
             ),
             params![
                 digest.to_hex(),
@@ -485,6 +530,7 @@ impl SkillStore {
                 serde_json::to_string(&capabilities).unwrap_or_default(),
                 submission.input_schema.as_ref().map(|s| s.to_string()),
                 signed_by,
+                submission.tenant,
             ],
         )
         .map_err(db_error)?;

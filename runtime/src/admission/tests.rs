@@ -342,3 +342,37 @@ fn a_store_is_shared_by_two_handles() {
         Some(State::Pending)
     );
 }
+
+#[test]
+fn a_version_1_database_is_migrated_and_its_skills_belong_to_the_default_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let skills = dir.path().join("skills");
+    std::fs::create_dir_all(&skills).unwrap();
+    let tenant_column = "    changed_ms   INTEGER NOT NULL,      -- the last change of state\n    tenant       TEXT NOT NULL DEFAULT 'default' -- the submitter's tenant\n";
+    assert!(SCHEMA.contains(tenant_column));
+    let v1 = SCHEMA
+        .replace(tenant_column, "    changed_ms   INTEGER NOT NULL\n")
+        .replace("user_version = 2", "user_version = 1");
+    {
+        let db = Connection::open(skills.join("skills.db")).unwrap();
+        db.execute_batch(&v1).unwrap();
+        db.execute(
+            "INSERT INTO skills (digest, name, agent, trust, submitter, admitted_ms, size, \
+             imports, capabilities, state, changed_ms) \
+             VALUES (?1, 'old', 'agent-7', 'low', 'alice', 1, 3, '[]', '[]', 'pending', 1)",
+            [SkillDigest::of(b"old").to_hex()],
+        )
+        .unwrap();
+    }
+    let store = SkillStore::open(&skills).unwrap();
+    let old = store.get(&SkillDigest::of(b"old")).unwrap().unwrap();
+    assert_eq!(old.tenant, DEFAULT_TENANT);
+    let version: i64 = store
+        .db()
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    drop(store);
+    // Opening again is a no-op, not a second ALTER.
+    SkillStore::open(&skills).unwrap();
+}

@@ -12,7 +12,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{Api, ApiError, Principal, Role};
+use airlock_policy::control::ControlAction;
+
+use super::{Api, ApiError, Principal};
 use crate::SkillDigest;
 use crate::admission::{SkillRecord, Submission};
 use crate::audit::Record;
@@ -100,15 +102,46 @@ fn record_or_404(api: &Api, digest: &SkillDigest) -> Result<SkillRecord, ApiErro
         .ok_or_else(|| ApiError::not_found(format!("no admitted skill has digest {digest}")))
 }
 
-async fn list_skills(State(api): State<Arc<Api>>) -> Result<Json<Vec<SkillRecord>>, ApiError> {
-    Ok(Json(api.node().skills()?.list()?))
+/// The skill, if the caller may do `action` to it.
+fn skill_for(
+    api: &Api,
+    principal: &Principal,
+    text: &str,
+    action: ControlAction,
+) -> Result<SkillRecord, ApiError> {
+    let record = record_or_404(api, &digest(text)?)?;
+    api.authorize(principal, action, Some(&record))?;
+    Ok(record)
+}
+
+/// The skills the caller may read.
+async fn list_skills(
+    State(api): State<Arc<Api>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Vec<SkillRecord>>, ApiError> {
+    api.authorize(&principal, ControlAction::List, None)?;
+    let all = api.node().skills()?.list()?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|r| {
+                api.authorize(&principal, ControlAction::Read, Some(r))
+                    .is_ok()
+            })
+            .collect(),
+    ))
 }
 
 async fn get_skill(
     State(api): State<Arc<Api>>,
+    Extension(principal): Extension<Principal>,
     Path(text): Path<String>,
 ) -> Result<Json<SkillRecord>, ApiError> {
-    Ok(Json(record_or_404(&api, &digest(&text)?)?))
+    Ok(Json(skill_for(
+        &api,
+        &principal,
+        &text,
+        ControlAction::Read,
+    )?))
 }
 
 /// The `metadata` part of a submission.
@@ -143,7 +176,7 @@ async fn submit_skill(
     Extension(principal): Extension<Principal>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Submitter)?;
+    api.authorize(&principal, ControlAction::Submit, None)?;
     let mut multipart = multipart.map_err(|_| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -203,10 +236,20 @@ async fn submit_skill(
         agent: metadata.agent,
         trust,
         submitter: principal.name.clone(),
+        tenant: principal.tenant.clone(),
         input_schema: metadata.input_schema,
         signature,
     };
     let (record, new) = api.node().admit(component.to_vec(), submission).await?;
+    if record.tenant != principal.tenant {
+        // One record per digest: the same bytes under another tenant are
+        // neither shown nor re-admitted.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "refused",
+            "a skill with this digest is admitted under another tenant",
+        ));
+    }
     let status = if new {
         StatusCode::CREATED
     } else {
@@ -237,9 +280,7 @@ async fn approve(
     Path(text): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<SkillRecord>, ApiError> {
-    principal.require(Role::Reviewer)?;
-    let digest = digest(&text)?;
-    record_or_404(&api, &digest)?;
+    let digest = skill_for(&api, &principal, &text, ControlAction::Approve)?.digest;
     // The body is optional: empty means the default expiry.
     let approval: Approval = if body.iter().all(u8::is_ascii_whitespace) {
         Approval::default()
@@ -311,9 +352,12 @@ async fn hold(
     Body(hold): Body<Hold>,
     to: crate::admission::State,
 ) -> Result<Json<SkillRecord>, ApiError> {
-    principal.require(Role::Reviewer)?;
-    let digest = digest(&text)?;
-    record_or_404(&api, &digest)?;
+    let action = if to == crate::admission::State::Revoked {
+        ControlAction::Revoke
+    } else {
+        ControlAction::Quarantine
+    };
+    let digest = skill_for(&api, &principal, &text, action)?.digest;
     let node = api.node();
     let record = if to == crate::admission::State::Revoked {
         node.revoke(digest, &principal.name, &hold.reason).await?
@@ -365,9 +409,7 @@ async fn run(
     Extension(principal): Extension<Principal>,
     Body(body): Body<RunBody>,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Runner)?;
-    let digest = digest(&body.skill)?;
-    record_or_404(&api, &digest)?;
+    let digest = skill_for(&api, &principal, &body.skill, ControlAction::Run)?.digest;
     let sensitivity: Sensitivity = match body.task.sensitivity.as_deref() {
         Some(text) => text
             .parse()
@@ -462,7 +504,7 @@ async fn audit(
     Extension(principal): Extension<Principal>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    principal.require(Role::Auditor)?;
+    api.authorize(&principal, ControlAction::Audit, None)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let filter = crate::audit::Filter {
@@ -504,7 +546,7 @@ async fn audit_export(
     Extension(principal): Extension<Principal>,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    principal.require(Role::Auditor)?;
+    api.authorize(&principal, ControlAction::Audit, None)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     if q.format.as_deref().is_some_and(|f| f != "ocsf") {
         return Err(ApiError::bad_request(
@@ -544,7 +586,7 @@ async fn audit_verify(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Verified>, ApiError> {
-    principal.require(Role::Auditor)?;
+    api.authorize(&principal, ControlAction::Audit, None)?;
     let Some(log) = api.node().services().audit.clone() else {
         return Err(ApiError::not_found("this server keeps no audit log"));
     };

@@ -17,7 +17,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use airlock_policy::control::{Caller, ControlAction, ControlPolicies, SkillFacts};
+
 use crate::Error;
+use crate::admission::SkillRecord;
 use crate::node::Node;
 
 mod handlers;
@@ -41,6 +44,9 @@ pub struct ApiConfig {
     pub header_timeout: Duration,
     /// API keys: each maps to a principal with roles.
     pub keys: Vec<KeyConfig>,
+    /// A directory of control-plane Cedar policies (`AirlockControl`
+    /// schema), added to the built-in ones.
+    pub policies: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +58,7 @@ impl Default for ApiConfig {
             max_runs_per_principal: 64,
             header_timeout: Duration::from_secs(10),
             keys: Vec::new(),
+            policies: None,
         }
     }
 }
@@ -63,8 +70,15 @@ pub struct KeyConfig {
     /// Who holds the key; recorded as the submitter, reviewer or actor.
     pub principal: String,
     pub roles: BTreeSet<Role>,
+    /// The tenant whose skills the principal works with.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     /// `blake3:` and the hex blake3 hash of the key (`airlock api-key`).
     pub hash: String,
+}
+
+fn default_tenant() -> String {
+    crate::admission::DEFAULT_TENANT.to_string()
 }
 
 /// What a principal may do.
@@ -91,6 +105,17 @@ impl Role {
         Role::Auditor,
         Role::Admin,
     ];
+
+    /// The name policies see in `principal.roles`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Submitter => "submitter",
+            Role::Reviewer => "reviewer",
+            Role::Runner => "runner",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// A new API key and the hash to configure for it.
@@ -110,31 +135,7 @@ pub fn new_key() -> (String, String) {
 pub struct Principal {
     pub name: String,
     pub roles: BTreeSet<Role>,
-}
-
-impl Principal {
-    fn may(&self, role: Role) -> bool {
-        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
-    }
-
-    /// Refused unless the principal holds `role` (or is an admin).
-    pub(crate) fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.may(role) {
-            return Ok(());
-        }
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "principal `{}` lacks the `{}` role this needs",
-                self.name,
-                serde_json::to_value(role)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            ),
-        ))
-    }
+    pub tenant: String,
 }
 
 struct Key {
@@ -238,6 +239,7 @@ pub struct Api {
     node: Arc<Node>,
     config: ApiConfig,
     keys: Vec<Key>,
+    control: ControlPolicies,
     /// Runs in progress, over all and per principal.
     runs: Mutex<(u32, HashMap<String, u32>)>,
 }
@@ -293,13 +295,20 @@ impl Api {
                 principal: Principal {
                     name: key.principal.clone(),
                     roles: key.roles.clone(),
+                    tenant: key.tenant.clone(),
                 },
             });
         }
+        let control = match &config.policies {
+            Some(dir) => ControlPolicies::load(dir),
+            None => ControlPolicies::base(),
+        }
+        .map_err(|e| Error::Config(format!("control-plane policies (api.policies):\n{e}")))?;
         Ok(Arc::new(Api {
             node,
             config,
             keys,
+            control,
             runs: Mutex::default(),
         }))
     }
@@ -324,6 +333,76 @@ impl Api {
             }
         }
         found
+    }
+
+    /// Refused (403) unless the control-plane policies let `principal` do
+    /// `action`, to `skill` for actions on one skill. A refusal names the
+    /// action, the resource and the deciding policies.
+    pub(crate) fn authorize(
+        &self,
+        principal: &Principal,
+        action: ControlAction,
+        skill: Option<&SkillRecord>,
+    ) -> Result<(), ApiError> {
+        let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+        let caller = Caller {
+            name: &principal.name,
+            roles: &roles,
+            tenant: &principal.tenant,
+        };
+        let (digest, trust) = skill.map_or((String::new(), String::new()), |s| {
+            (s.digest.to_hex(), s.trust.to_string())
+        });
+        let facts = skill.map(|s| SkillFacts {
+            digest: &digest,
+            name: &s.name,
+            submitter: &s.submitter,
+            agent: &s.agent,
+            trust: &trust,
+            tenant: &s.tenant,
+            state: s.state.as_str(),
+        });
+        let answer = self.control.decide(&caller, action, facts.as_ref());
+        if answer.allowed {
+            return Ok(());
+        }
+        let resource = match skill {
+            Some(s) => format!("skill `{}` ({})", s.name, s.digest.short()),
+            None => "the server".to_string(),
+        };
+        let why = if answer.policies.is_empty() {
+            format!(
+                "no policy permits it for roles [{}] in tenant `{}`",
+                roles.join(", "),
+                principal.tenant
+            )
+        } else {
+            format!(
+                "denied by {}{}",
+                answer.policies.join(", "),
+                answer
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )
+        };
+        tracing::info!(
+            principal = %principal.name,
+            action = action.as_str(),
+            %resource,
+            policies = ?answer.policies,
+            "control-plane request denied"
+        );
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "`{}` may not `{}` {resource}: {why}",
+                principal.name,
+                action.as_str()
+            ),
+        ))
     }
 
     /// A run slot for `principal`, or 429 when the server or the principal
@@ -437,8 +516,10 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     let Some(presented) = presented else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -55,6 +55,9 @@ pub struct AdmitArgs {
     /// How far that agent is trusted: untrusted, low, medium, high.
     #[arg(long, value_name = "LEVEL")]
     trust: Trust,
+    /// The tenant the skill belongs to (the API's keys name theirs).
+    #[arg(long, value_name = "NAME", default_value = crate::admission::DEFAULT_TENANT)]
+    tenant: String,
     /// What the skill is for.
     #[arg(long, value_name = "TEXT")]
     description: Option<String>,
@@ -295,6 +298,7 @@ pub async fn run(
                 agent: args.agent,
                 trust: args.trust,
                 submitter: args.actor.name()?,
+                tenant: args.tenant,
                 input_schema,
                 signature,
             };

@@ -135,6 +135,9 @@ pub struct ApiKeyArgs {
     /// auditor or admin.
     #[arg(long = "role", required = true, value_parser = parse_role)]
     roles: Vec<Role>,
+    /// The tenant whose skills the key works with.
+    #[arg(long, default_value = crate::admission::DEFAULT_TENANT)]
+    tenant: String,
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -150,8 +153,7 @@ pub fn api_key(args: &ApiKeyArgs) -> Result<u8, Failure> {
     let roles: Vec<String> = args
         .roles
         .iter()
-        .filter_map(|r| serde_json::to_value(r).ok())
-        .filter_map(|v| v.as_str().map(|s| format!("\"{s}\"")))
+        .map(|r| format!("\"{}\"", r.as_str()))
         .collect();
     println!("{key}");
     eprintln!(
@@ -159,9 +161,10 @@ pub fn api_key(args: &ApiKeyArgs) -> Result<u8, Failure> {
         args.principal
     );
     eprintln!(
-        "[[api.keys]]\nprincipal = {}\nroles = [{}]\nhash = \"{hash}\"",
+        "[[api.keys]]\nprincipal = {}\nroles = [{}]\ntenant = {}\nhash = \"{hash}\"",
         toml_string(&args.principal),
-        roles.join(", ")
+        roles.join(", "),
+        toml_string(&args.tenant)
     );
     Ok(exit::OK)
 }
