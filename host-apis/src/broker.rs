@@ -345,6 +345,9 @@ pub struct Task {
     pub intent: String,
     pub sensitivity: Sensitivity,
     pub environment: String,
+    /// Who asked for the run: an API principal, an MCP client's principal,
+    /// or the local user. Recorded, not asserted by the skill.
+    pub requester: String,
 }
 
 /// How the instance was reached: directly (depth 0) or as a tool of another skill.

@@ -133,6 +133,9 @@ pub enum RunStatus {
     /// The run could not be recorded in the audit log: it was refused
     /// before starting, or its result is withheld.
     AuditFailed,
+    /// The run was dropped before it finished: its caller went away or the
+    /// server shut down. Only ever seen in the audit log.
+    Cancelled,
 }
 
 /// Why a run did not produce output.
@@ -194,6 +197,61 @@ impl Drop for Held {
         {
             handle.spawn(revocation);
         }
+    }
+}
+
+/// What a cancelled run's end record is made of.
+struct Cancelled {
+    audit: Arc<crate::audit::AuditLog>,
+    subject: Arc<Subject>,
+    ledger: Ledger,
+    session: Session,
+    credentials: Arc<dyn Credentials>,
+    started: Instant,
+    source: CompileSource,
+}
+
+/// Armed until the run reaches its end; dropped armed, it records the run
+/// as cancelled.
+struct Unfinished(Option<Cancelled>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(c) = self.0.take() else { return };
+        let instance = &c.subject.instance;
+        let mut decisions = c.ledger.records();
+        for record in &mut decisions {
+            if let airlock_host_apis::Outcome::Failed { error } = &mut record.outcome {
+                *error = redact_text(&*c.credentials, instance, std::mem::take(error));
+            }
+        }
+        let report = RunReport {
+            instance: instance.clone(),
+            skill: c.subject.skill.name.clone(),
+            status: RunStatus::Cancelled,
+            output: None,
+            error: Some(RunError {
+                limit: None,
+                message: "the run was cancelled before it finished: its caller went away or the server shut down".into(),
+            }),
+            usage: Usage {
+                duration_us: micros(c.started.elapsed()),
+                peak_memory_bytes: 0,
+                host_calls: u64::try_from(decisions.len()).unwrap_or(u64::MAX),
+                compile: c.source,
+            },
+            decisions,
+            session: c.session.snapshot(),
+            logs: Vec::new(),
+            logs_dropped: 0,
+        };
+        let events = crate::audit::end_events(
+            &c.subject,
+            &report,
+            c.audit.settings().max_identical_denials,
+        );
+        // Not waited for: the writer makes it durable with its next batch.
+        let _ = c.audit.enqueue_lines(events);
     }
 }
 
@@ -359,6 +417,17 @@ impl Engine {
             credentials: services.credentials.clone(),
             instance: Some(instance.clone()),
         };
+        // Dropped before the end (the caller went away): the log still gets
+        // the run's end and the calls it made.
+        let mut unfinished = Unfinished(services.audit.clone().map(|audit| Cancelled {
+            audit,
+            subject: subject.clone(),
+            ledger: ledger.clone(),
+            session: session_view.clone(),
+            credentials: services.credentials.clone(),
+            started,
+            source: skill.source,
+        }));
         let http = Arc::new(HttpCtx::new(
             services.egress.clone(),
             services.credentials.clone(),
@@ -479,6 +548,7 @@ impl Engine {
             Ok(Ok(Ok(Ok(output)))) => (RunStatus::Ok, Some(output), None),
         };
         span.record("status", tracing::field::debug(status));
+        unfinished.0 = None;
         let peak_memory_bytes = store.data().limiter.peak_memory();
         drop(store);
         let (mut logs, logs_dropped) = logs.drain();

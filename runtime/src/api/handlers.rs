@@ -434,6 +434,28 @@ async fn run(
         Some(value) => value.to_string(),
         None => "{}".to_string(),
     };
+    let task = Task {
+        id: body.task.id,
+        intent: body.task.intent,
+        sensitivity,
+        environment: body.task.environment,
+        requester: principal.name.clone(),
+    };
+    let report = run_skill(&api, &principal, digest, input, task, limits).await?;
+    Ok(Json(report).into_response())
+}
+
+/// Run an approved skill for `principal`, within a run slot. Dropping the
+/// future (the client went away) drops the run with it: the instance is
+/// cancelled, its credentials revoked and its end recorded.
+pub(super) async fn run_skill(
+    api: &Arc<Api>,
+    principal: &Principal,
+    digest: SkillDigest,
+    input: String,
+    task: Task,
+    limits: crate::limits::Limits,
+) -> Result<crate::run::RunReport, ApiError> {
     let request = RunRequest {
         input,
         subject: Subject {
@@ -441,12 +463,7 @@ async fn run(
             // Name, agent and trust come from the skill's admission record.
             skill: SkillIdentity::default(),
             agent: AgentIdentity::default(),
-            task: Task {
-                id: body.task.id,
-                intent: body.task.intent,
-                sensitivity,
-                environment: body.task.environment,
-            },
+            task,
             delegation: Default::default(),
         },
         limits,
@@ -454,11 +471,8 @@ async fn run(
         ledger: None,
         stop: None,
     };
-    // Held until the run ends; dropping the request (the client went
-    // away) drops the run with it.
     let _slot = api.slot(&principal.name)?;
-    let report = api.node().run_admitted(digest, request).await?;
-    Ok(Json(report).into_response())
+    Ok(api.node().run_admitted(digest, request).await?)
 }
 
 #[derive(Deserialize)]

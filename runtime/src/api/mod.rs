@@ -24,6 +24,7 @@ use crate::admission::SkillRecord;
 use crate::node::Node;
 
 mod handlers;
+pub mod mcp;
 
 /// `[api]` in `airlock.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -240,6 +241,8 @@ pub struct Api {
     config: ApiConfig,
     keys: Vec<Key>,
     control: ControlPolicies,
+    /// Cancelled when the server begins to shut down: ends MCP streams.
+    shutdown: tokio_util::sync::CancellationToken,
     /// Runs in progress, over all and per principal.
     runs: Mutex<(u32, HashMap<String, u32>)>,
 }
@@ -309,8 +312,15 @@ impl Api {
             config,
             keys,
             control,
+            shutdown: tokio_util::sync::CancellationToken::new(),
             runs: Mutex::default(),
         }))
+    }
+
+    /// The server is shutting down: open MCP event streams end, so they do
+    /// not hold the grace period up.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
     }
 
     pub fn config(&self) -> &ApiConfig {
@@ -446,6 +456,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(crate::identity::server::public(issuer.clone()));
     let private = handlers::routes(api.clone())
         .merge(crate::identity::server::introspection(issuer))
+        .nest_service(
+            "/mcp",
+            mcp::Tools::http_service(api.clone(), api.shutdown.clone()),
+        )
         // Unknown paths too: nothing about the API is told without a key.
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /v1") })
         .layer(axum::middleware::from_fn_with_state(

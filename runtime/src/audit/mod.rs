@@ -649,6 +649,8 @@ pub struct RunStart<'a> {
     task_id: &'a str,
     intent: &'a str,
     sensitivity: airlock_host_apis::Sensitivity,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    requester: &'a str,
     delegation: &'a [String],
     /// A file run in developer mode, not an admitted, approved skill.
     dev: bool,
@@ -666,6 +668,7 @@ pub fn start_event(subject: &airlock_host_apis::Subject) -> RunStart<'_> {
         task_id: &subject.task.id,
         intent: &subject.task.intent,
         sensitivity: subject.task.sensitivity,
+        requester: &subject.task.requester,
         delegation: &subject.delegation.chain,
         dev: !subject.skill.approved,
     }

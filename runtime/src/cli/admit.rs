@@ -29,11 +29,18 @@ impl Actor {
     fn name(&self) -> Result<String, Failure> {
         self.by
             .clone()
-            .or_else(|| std::env::var("AIRLOCK_USER").ok())
-            .or_else(|| std::env::var("USER").ok())
             .filter(|n| !n.trim().is_empty())
+            .or_else(local_user)
             .ok_or_else(|| Failure::usage("who is acting? pass --by NAME or set AIRLOCK_USER"))
     }
+}
+
+/// `AIRLOCK_USER`, else the login name.
+pub(super) fn local_user() -> Option<String> {
+    std::env::var("AIRLOCK_USER")
+        .ok()
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|n| !n.trim().is_empty())
 }
 
 /// Inspect a component and admit it to the skill store as `pending`.

@@ -3,6 +3,7 @@
 mod admit;
 mod audit;
 mod identity;
+mod mcp;
 mod policy;
 mod run;
 mod serve;
@@ -45,6 +46,9 @@ enum Command {
     /// Make an API key for `airlock serve`: prints the key, and the
     /// `[[api.keys]]` stanza holding its hash.
     ApiKey(serve::ApiKeyArgs),
+    /// Serve approved skills as MCP tools on stdin and stdout, for an agent
+    /// that starts Airlock as its MCP server.
+    Mcp(mcp::McpArgs),
     /// The audit log: verify it, show it.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -162,6 +166,11 @@ pub fn main() -> ExitCode {
                 serve::serve(args, config, data_dir).await
             }
             Command::ApiKey(args) => serve::api_key(&args),
+            Command::Mcp(args) => {
+                let config = config?;
+                let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
+                mcp::serve(args, config, data_dir).await
+            }
         }
     });
     match result {

@@ -269,6 +269,7 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
             intent: args.intent.clone(),
             sensitivity: args.sensitivity,
             environment: args.environment.clone(),
+            requester: super::admit::local_user().unwrap_or_default(),
         },
         delegation: Default::default(),
     };
@@ -310,7 +311,7 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
         RunStatus::Limit => exit::LIMIT,
         RunStatus::Trap => exit::TRAP,
         RunStatus::Stopped => exit::STOPPED,
-        RunStatus::AuditFailed => exit::AUDIT,
+        RunStatus::AuditFailed | RunStatus::Cancelled => exit::AUDIT,
     };
     if args.json {
         print_json(&report);

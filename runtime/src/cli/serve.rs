@@ -93,6 +93,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    api.shutdown();
     eprintln!(
         "airlock: shutting down; waiting up to {} for requests in flight",
         humantime::format_duration(args.grace)
