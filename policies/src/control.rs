@@ -37,6 +37,8 @@ pub enum ControlAction {
     List,
     /// Read, export or verify the audit log (resource: the server).
     Audit,
+    /// Read the server's metrics (resource: the server).
+    Metrics,
     /// See one skill's record.
     Read,
     Approve,
@@ -47,10 +49,11 @@ pub enum ControlAction {
 }
 
 impl ControlAction {
-    pub const ALL: [ControlAction; 8] = [
+    pub const ALL: [ControlAction; 9] = [
         ControlAction::Submit,
         ControlAction::List,
         ControlAction::Audit,
+        ControlAction::Metrics,
         ControlAction::Read,
         ControlAction::Approve,
         ControlAction::Quarantine,
@@ -63,6 +66,7 @@ impl ControlAction {
             ControlAction::Submit => "submit",
             ControlAction::List => "list",
             ControlAction::Audit => "audit",
+            ControlAction::Metrics => "metrics",
             ControlAction::Read => "read",
             ControlAction::Approve => "approve",
             ControlAction::Quarantine => "quarantine",
@@ -75,7 +79,10 @@ impl ControlAction {
     pub const fn on_skill(self) -> bool {
         !matches!(
             self,
-            ControlAction::Submit | ControlAction::List | ControlAction::Audit
+            ControlAction::Submit
+                | ControlAction::List
+                | ControlAction::Audit
+                | ControlAction::Metrics
         )
     }
 }
@@ -293,7 +300,7 @@ mod tests {
                 ],
             ),
             ("runner", &[ControlAction::Run]),
-            ("auditor", &[ControlAction::Audit]),
+            ("auditor", &[ControlAction::Audit, ControlAction::Metrics]),
         ];
         for (role, granted) in cases {
             let caller = Caller {

@@ -692,3 +692,39 @@ when { resource.trust == "low" };"#,
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_runs_decisions_and_requests_for_auditors() {
+    let s = server("").await;
+    let digest = s.approved(skills::CAPABILITY_PROBE).await;
+    let run = json!({"skill": digest, "input": {"calls": [{"op": "storage.get", "key": "k"}]}});
+    let (status, body) = s.post(&s.keys.runner, "/v1/runs", run).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = s.get(&s.keys.runner, "/metrics").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let response = s
+        .client
+        .get(s.url("/metrics"))
+        .bearer_auth(&s.keys.auditor)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = response.text().await.unwrap_or_default();
+    for line in [
+        "airlock_runs_total{status=\"ok\"} 1",
+        "airlock_run_duration_seconds_count 1",
+        "airlock_decisions_total{action=\"storage.read\",verdict=\"allow\"} 1",
+        "airlock_instances_live 0",
+        "airlock_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/runs\",status=\"200\"} 1",
+        "airlock_http_request_duration_seconds_count{method=\"GET\",route=\"/metrics\",status=\"403\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+}

@@ -31,7 +31,23 @@ pub(super) fn routes(api: Arc<Api>) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/audit/export", get(audit_export))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/metrics", get(metrics))
         .with_state(api)
+}
+
+pub(super) async fn metrics(
+    State(api): State<Arc<Api>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    api.authorize(&principal, ControlAction::Metrics, None)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.metrics.render(),
+    )
+        .into_response())
 }
 
 pub(super) async fn healthz(State(api): State<Arc<Api>>) -> Json<serde_json::Value> {
@@ -472,7 +488,17 @@ pub(super) async fn run_skill(
         stop: None,
     };
     let _slot = api.slot(&principal.name)?;
-    Ok(api.node().run_admitted(digest, request).await?)
+    let counted = api.metrics.run();
+    match api.node().run_admitted(digest, request).await {
+        Ok(report) => {
+            counted.ended(&report);
+            Ok(report)
+        }
+        Err(e) => {
+            counted.refused();
+            Err(e.into())
+        }
+    }
 }
 
 #[derive(Deserialize)]

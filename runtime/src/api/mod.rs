@@ -25,6 +25,7 @@ use crate::node::Node;
 
 mod handlers;
 pub mod mcp;
+mod metrics;
 
 /// `[api]` in `airlock.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -241,6 +242,7 @@ pub struct Api {
     config: ApiConfig,
     keys: Vec<Key>,
     control: ControlPolicies,
+    metrics: metrics::Metrics,
     /// Cancelled when the server begins to shut down: ends MCP streams.
     shutdown: tokio_util::sync::CancellationToken,
     /// Runs in progress, over all and per principal.
@@ -312,6 +314,7 @@ impl Api {
             config,
             keys,
             control,
+            metrics: metrics::Metrics::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             runs: Mutex::default(),
         }))
@@ -450,16 +453,19 @@ impl Api {
 /// introspection needs a key).
 pub fn router(api: Arc<Api>) -> Router {
     let issuer = api.node.issuer().clone();
+    let measured = axum::middleware::from_fn_with_state(api.clone(), measure);
     let public = Router::new()
         .route("/healthz", axum::routing::get(handlers::healthz))
         .with_state(api.clone())
-        .merge(crate::identity::server::public(issuer.clone()));
+        .merge(crate::identity::server::public(issuer.clone()))
+        .route_layer(measured.clone());
     let private = handlers::routes(api.clone())
         .merge(crate::identity::server::introspection(issuer))
         .nest_service(
             "/mcp",
             mcp::Tools::http_service(api.clone(), api.shutdown.clone()),
         )
+        .route_layer(measured)
         // Unknown paths too: nothing about the API is told without a key.
         .fallback(|| async { ApiError::not_found("no such endpoint; the API is under /v1") })
         .layer(axum::middleware::from_fn_with_state(
@@ -471,6 +477,20 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(private)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(api, guard))
+}
+
+/// Request latency by route, once routed (authenticated requests only).
+async fn measure(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    api.metrics
+        .request(method.as_str(), &route, response.status().as_u16(), started);
+    response
 }
 
 /// Before anything else: the Host allowlist and the declared body size.
