@@ -728,3 +728,76 @@ async fn metrics_count_runs_decisions_and_requests_for_auditors() {
         assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_its_run() {
+    let s = server("").await;
+    let digest = s.approved(skills::INFINITE_LOOP).await;
+    let gone = s
+        .client
+        .post(s.url("/v1/runs"))
+        .bearer_auth(&s.keys.runner)
+        .json(&json!({"skill": digest, "limits": {"deadline_ms": 30000}}))
+        .timeout(Duration::from_millis(700))
+        .send()
+        .await;
+    assert!(gone.is_err_and(|e| e.is_timeout()));
+    // The run ends long before its 30 s deadline, and is recorded.
+    let mut ended = Vec::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, page) = s.get(&s.keys.auditor, "/v1/audit").await;
+        ended = page["records"]
+            .as_array()
+            .map(|records| {
+                records
+                    .iter()
+                    .filter(|r| r["event"]["kind"] == "run.end")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !ended.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(ended.len(), 1, "no run.end for the dropped run");
+    assert_eq!(ended[0]["event"]["status"], "cancelled", "{}", ended[0]);
+    let (_, health) = s.get(&s.keys.runner, "/healthz").await;
+    assert_eq!(health["runs_in_progress"], 0, "{health}");
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = server("[api]\nbody_timeout = \"1s\"\n").await;
+    let address = s.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let head = format!(
+        "POST /v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"skill\": ",
+        s.keys.runner
+    );
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || answer.ends_with(b"}}") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept waiting for the body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"body_timeout\""), "{answer}");
+}

@@ -83,6 +83,7 @@ where
                 "unsupported_media_type",
                 "send JSON with `Content-Type: application/json`",
             )),
+            Err(e) if super::timed_out(&e) => Err(super::body_timeout()),
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
@@ -202,7 +203,9 @@ async fn submit_skill(
     })?;
     let (mut metadata, mut component) = (None, None);
     let unreadable = |e: axum::extract::multipart::MultipartError| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if super::timed_out(&e) {
+            super::body_timeout()
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             super::too_large(api.config().max_body)
         } else {
             ApiError::bad_request("malformed_multipart", e.body_text())
@@ -294,8 +297,17 @@ async fn approve(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
     Path(text): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<SkillRecord>, ApiError> {
+    let body = body.map_err(|e| {
+        if super::timed_out(&e) {
+            super::body_timeout()
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            super::too_large(api.config().max_body)
+        } else {
+            ApiError::bad_request("unreadable_body", "the request body could not be read")
+        }
+    })?;
     let digest = skill_for(&api, &principal, &text, ControlAction::Approve)?.digest;
     // The body is optional: empty means the default expiry.
     let approval: Approval = if body.iter().all(u8::is_ascii_whitespace) {

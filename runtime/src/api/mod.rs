@@ -44,6 +44,10 @@ pub struct ApiConfig {
     /// Time to read a request's headers.
     #[serde(with = "crate::limits::humantime_serde")]
     pub header_timeout: Duration,
+    /// Time to read a request's body, from the end of its headers: a client
+    /// trickling bytes does not hold a connection for longer.
+    #[serde(with = "crate::limits::humantime_serde")]
+    pub body_timeout: Duration,
     /// API keys: each maps to a principal with roles.
     pub keys: Vec<KeyConfig>,
     /// A directory of control-plane Cedar policies (`AirlockControl`
@@ -59,6 +63,7 @@ impl Default for ApiConfig {
             max_runs: 256,
             max_runs_per_principal: 64,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             keys: Vec::new(),
             policies: None,
         }
@@ -522,7 +527,68 @@ async fn guard(State(api): State<Arc<Api>>, request: Request, next: Next) -> Res
     if declared.is_some_and(|n| n > api.config.max_body) {
         return too_large(api.config.max_body).into_response();
     }
+    let deadline = tokio::time::Instant::now() + api.config.body_timeout;
+    let request = request.map(|body| {
+        axum::body::Body::new(Deadline {
+            body,
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+        })
+    });
     next.run(request).await
+}
+
+/// A request body that fails once its deadline passes.
+struct Deadline {
+    body: axum::body::Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The body was not all read in time (`api.body_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was not received within api.body_timeout")]
+pub(crate) struct BodyTimedOut;
+
+impl http_body::Body for Deadline {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))));
+        }
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Whether `error` comes from a body that took too long.
+pub(crate) fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<BodyTimedOut>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+pub(crate) fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        "the request body was not received in time (api.body_timeout)",
+    )
 }
 
 pub(crate) fn too_large(limit: u64) -> ApiError {
