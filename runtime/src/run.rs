@@ -116,7 +116,7 @@ impl Stopper {
 }
 
 /// How a run ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// The skill returned output.
@@ -139,25 +139,28 @@ pub enum RunStatus {
 }
 
 /// Why a run did not produce output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RunError {
     /// The limit that was hit, when `status` is `limit`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub limit: Option<Limit>,
     pub message: String,
 }
 
 /// What a run cost.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub duration_us: u64,
     pub peak_memory_bytes: u64,
     pub host_calls: u64,
+    /// Where the compiled code came from: `{"source": "memory"}`, `{"source": "cache", "load_us": N}` or `{"source": "compiled", "compile_us": N}`.
+    #[schema(value_type = Object)]
     pub compile: CompileSource,
 }
 
 /// Everything about one run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct RunReport {
     pub instance: String,
     pub skill: String,
@@ -167,9 +170,14 @@ pub struct RunReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,
     pub usage: Usage,
+    /// Every capability call: action, resource, decision (verdict, policies,
+    /// reason) and outcome.
+    #[schema(value_type = Vec<Object>)]
     pub decisions: Vec<CallRecord>,
     /// What the run touched: labels read, hosts contacted, bytes sent.
+    #[schema(value_type = Object)]
     pub session: SessionState,
+    #[schema(value_type = Vec<Object>)]
     pub logs: Vec<LogLine>,
     pub logs_dropped: u64,
 }

@@ -801,3 +801,106 @@ async fn a_body_that_trickles_in_is_cut_off_with_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"body_timeout\""), "{answer}");
 }
+
+/// The document a client can generate code from: every endpoint, each
+/// answering where the document says, and the copy in docs/ current.
+#[tokio::test]
+async fn the_openapi_document_describes_every_endpoint_and_is_current() {
+    let s = server("").await;
+    let (status, doc) = s.get(&s.keys.runner, "/openapi.json").await;
+    assert_eq!(status, StatusCode::OK, "{doc}");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("3.1"),
+        "{doc}"
+    );
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, operation) in item.as_object().into_iter().flatten() {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+            let public = path == "/healthz";
+            assert_eq!(
+                operation.get("security") == Some(&json!([{}])),
+                public,
+                "{method} {path}: only health is public"
+            );
+            assert!(
+                operation["responses"]["200"].is_object()
+                    || operation["responses"]["201"].is_object(),
+                "{method} {path}"
+            );
+        }
+    }
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "GET /healthz",
+            "GET /metrics",
+            "GET /v1/audit",
+            "GET /v1/audit/export",
+            "GET /v1/audit/verify",
+            "GET /v1/skills",
+            "GET /v1/skills/{digest}",
+            "POST /v1/runs",
+            "POST /v1/skills",
+            "POST /v1/skills/{digest}/approve",
+            "POST /v1/skills/{digest}/quarantine",
+            "POST /v1/skills/{digest}/revoke",
+        ]
+    );
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["RunBody"]["additionalProperties"], false,
+        "{schemas}"
+    );
+    for name in [
+        "RunReport",
+        "SkillRecord",
+        "ErrorBody",
+        "AuditPage",
+        "Admitted",
+    ] {
+        assert!(schemas[name].is_object(), "no schema {name}");
+    }
+    // Each documented operation is routed (the fallback says "no such endpoint").
+    let zero = "0".repeat(64);
+    for operation in &operations {
+        let (method, path) = operation.split_once(' ').unwrap_or_default();
+        let url = s.url(&path.replace("{digest}", &zero));
+        let request = match method {
+            "GET" => s.client.get(&url),
+            _ => s.client.post(&url).json(&json!({})),
+        };
+        let response = request
+            .bearer_auth(&s.keys.runner)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{operation}");
+        assert!(!text.contains("no such endpoint"), "{operation}: {text}");
+    }
+    // docs/openapi.json is what the server serves (AIRLOCK_BLESS=1 rewrites it).
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let current = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    );
+    if std::env::var_os("AIRLOCK_BLESS").is_some() {
+        std::fs::write(&committed, &current).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let on_disk = std::fs::read_to_string(&committed).unwrap_or_default();
+    assert!(
+        on_disk == current,
+        "docs/openapi.json is out of date: run this test with AIRLOCK_BLESS=1"
+    );
+}

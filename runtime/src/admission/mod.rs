@@ -72,7 +72,7 @@ PRAGMA user_version = 2;
 ";
 
 /// Where a skill is in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Pending,
@@ -111,12 +111,16 @@ impl std::fmt::Display for State {
 }
 
 /// What the store knows about one skill.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SkillRecord {
+    /// The blake3 hash of the component, hex.
+    #[schema(value_type = String)]
     pub digest: SkillDigest,
     pub name: String,
     pub description: Option<String>,
     pub agent: String,
+    /// untrusted, low, medium or high.
+    #[schema(value_type = String)]
     pub trust: Trust,
     pub submitter: String,
     pub admitted_ms: u64,

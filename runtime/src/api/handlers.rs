@@ -8,33 +8,46 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use airlock_policy::control::ControlAction;
 
-use super::{Api, ApiError, Principal};
+use super::{Api, ApiError, ErrorBody, Principal};
 use crate::SkillDigest;
 use crate::admission::{SkillRecord, Submission};
 use crate::audit::Record;
-use crate::run::RunRequest;
+use crate::run::{RunReport, RunRequest};
 
-pub(super) fn routes(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/v1/skills", get(list_skills).post(submit_skill))
-        .route("/v1/skills/{digest}", get(get_skill))
-        .route("/v1/skills/{digest}/approve", post(approve))
-        .route("/v1/skills/{digest}/quarantine", post(quarantine))
-        .route("/v1/skills/{digest}/revoke", post(revoke))
-        .route("/v1/runs", post(run))
-        .route("/v1/audit", get(audit))
-        .route("/v1/audit/export", get(audit_export))
-        .route("/v1/audit/verify", get(audit_verify))
-        .route("/metrics", get(metrics))
+/// The public routes (health), the authenticated ones, and the OpenAPI
+/// document of both, built together so they cannot drift apart.
+pub(super) fn routes(api: Arc<Api>) -> (Router, Router, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let (public, mut doc) = OpenApiRouter::with_openapi(super::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .with_state(api.clone())
+        .split_for_parts();
+    let (private, v1) = OpenApiRouter::new()
+        .routes(routes!(list_skills, submit_skill))
+        .routes(routes!(get_skill))
+        .routes(routes!(approve))
+        .routes(routes!(quarantine))
+        .routes(routes!(revoke))
+        .routes(routes!(run))
+        .routes(routes!(audit))
+        .routes(routes!(audit_export))
+        .routes(routes!(audit_verify))
+        .routes(routes!(metrics))
         .with_state(api)
+        .split_for_parts();
+    doc.merge(v1);
+    (public, private, doc)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus (OpenMetrics) text", body = String, content_type = "application/openmetrics-text"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 pub(super) async fn metrics(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -50,6 +63,7 @@ pub(super) async fn metrics(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "The server is up", body = Object)))]
 pub(super) async fn healthz(State(api): State<Arc<Api>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "status": "ok",
@@ -132,6 +146,7 @@ fn skill_for(
 }
 
 /// The skills the caller may read.
+#[utoipa::path(get, path = "/v1/skills", tag = "skills", responses((status = 200, description = "The skills the caller may read, newest first", body = Vec<SkillRecord>), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn list_skills(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -148,6 +163,7 @@ async fn list_skills(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/skills/{digest}", tag = "skills", params(("digest" = String, Path, description = "The skill's blake3 digest: 64 hex digits")), responses((status = 200, description = "The skill's record", body = SkillRecord), (status = 404, description = "No such skill", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn get_skill(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -162,7 +178,7 @@ async fn get_skill(
 }
 
 /// The `metadata` part of a submission.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Metadata {
     name: String,
@@ -172,14 +188,30 @@ struct Metadata {
     agent: String,
     trust: String,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     input_schema: Option<serde_json::Value>,
     /// A detached Ed25519 signature over the digest, base64.
     #[serde(default)]
     signature: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The parts of a submission (documentation only: read as multipart).
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "describes the multipart form in the OpenAPI document"
+)]
+struct SubmitForm {
+    /// JSON: name, agent, trust, and optionally description, input_schema, signature.
+    metadata: Metadata,
+    /// The component's bytes (.wasm).
+    #[schema(value_type = String, format = Binary)]
+    component: Vec<u8>,
+}
+
+#[derive(Serialize, ToSchema)]
 struct Admitted {
+    #[schema(value_type = String)]
     digest: SkillDigest,
     /// False when these bytes were admitted before.
     new: bool,
@@ -188,6 +220,7 @@ struct Admitted {
     skill: SkillRecord,
 }
 
+#[utoipa::path(post, path = "/v1/skills", tag = "skills", request_body(content = inline(SubmitForm), content_type = "multipart/form-data"), responses((status = 201, description = "Admitted, pending review", body = Admitted), (status = 200, description = "These bytes were admitted before", body = Admitted), (status = 409, description = "Refused by admission", body = ErrorBody), (status = 413, description = "Body over api.max_body", body = ErrorBody), (status = 422, description = "Not an acceptable component", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn submit_skill(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -284,7 +317,7 @@ async fn submit_skill(
     Ok((status, Json(body)).into_response())
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Approval {
     /// How long the approval lasts, like `7d` or `12h` (default:
@@ -293,6 +326,7 @@ struct Approval {
     expires_in: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/skills/{digest}/approve", tag = "skills", params(("digest" = String, Path, description = "The skill's blake3 digest: 64 hex digits")), request_body(content = Option<Approval>, description = "Optional; empty means the default expiry"), responses((status = 200, description = "Approved", body = SkillRecord), (status = 404, description = "No such skill", body = ErrorBody), (status = 409, description = "Refused by admission", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn approve(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -335,12 +369,13 @@ async fn approve(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Hold {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/v1/skills/{digest}/quarantine", tag = "skills", params(("digest" = String, Path, description = "The skill's blake3 digest: 64 hex digits")), request_body = Hold, responses((status = 200, description = "Quarantined; running instances are stopped", body = SkillRecord), (status = 404, description = "No such skill", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn quarantine(
     state: State<Arc<Api>>,
     principal: Extension<Principal>,
@@ -357,6 +392,7 @@ async fn quarantine(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/skills/{digest}/revoke", tag = "skills", params(("digest" = String, Path, description = "The skill's blake3 digest: 64 hex digits")), request_body = Hold, responses((status = 200, description = "Revoked for good; running instances are stopped", body = SkillRecord), (status = 404, description = "No such skill", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn revoke(
     state: State<Arc<Api>>,
     principal: Extension<Principal>,
@@ -396,7 +432,7 @@ async fn hold(
     Ok(Json(record))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RunBody {
     /// The approved skill's digest.
@@ -409,7 +445,7 @@ struct RunBody {
     limits: LimitsBody,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TaskBody {
     #[serde(default)]
@@ -423,7 +459,7 @@ struct TaskBody {
 }
 
 /// Limits a caller may ask for: each only ever lowers the operator's.
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LimitsBody {
     deadline_ms: Option<u64>,
@@ -432,6 +468,7 @@ struct LimitsBody {
     host_calls: Option<u64>,
 }
 
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = RunBody, responses((status = 200, description = "The run's report: status, output or error, usage, decisions", body = RunReport), (status = 404, description = "No such skill", body = ErrorBody), (status = 409, description = "The skill is not runnable (pending, expired, quarantined, revoked)", body = ErrorBody), (status = 429, description = "Too many runs in progress; see Retry-After", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn run(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -483,7 +520,7 @@ pub(super) async fn run_skill(
     input: String,
     task: Task,
     limits: crate::limits::Limits,
-) -> Result<crate::run::RunReport, ApiError> {
+) -> Result<RunReport, ApiError> {
     let request = RunRequest {
         input,
         subject: Subject {
@@ -513,7 +550,8 @@ pub(super) async fn run_skill(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     skill: Option<String>,
@@ -528,8 +566,10 @@ struct AuditQuery {
     limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct AuditPage {
+    /// Records: `seq`, `at`, the event (`kind` and its fields) and the chain hashes.
+    #[schema(value_type = Vec<Object>)]
     records: Vec<Record>,
     /// Pass as `after` for the next page; absent on the last page.
     next: Option<u64>,
@@ -551,6 +591,7 @@ fn audit_records(api: &Api) -> Result<Vec<Record>, ApiError> {
         .collect())
 }
 
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), responses((status = 200, description = "A page of records", body = AuditPage), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn audit(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -587,12 +628,14 @@ async fn audit(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ExportQuery {
     format: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit", params(ExportQuery), responses((status = 200, description = "OCSF API Activity events, one JSON object per line", body = String, content_type = "application/x-ndjson"), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn audit_export(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -620,7 +663,7 @@ async fn audit_export(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Verified {
     ok: bool,
     records: u64,
@@ -628,12 +671,13 @@ struct Verified {
     problem: Option<Problem>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Problem {
     line: u64,
     reason: String,
 }
 
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", responses((status = 200, description = "Whether the hash chain and checkpoints verify", body = Verified), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn audit_verify(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,

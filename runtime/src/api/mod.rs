@@ -207,15 +207,57 @@ impl From<Error> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// Every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorDetail {
+    /// Stable: `unauthenticated`, `forbidden`, `not_found`, `invalid_request`,
+    /// `malformed_json`, `invalid_digest`, `body_too_large`, `body_timeout`,
+    /// `too_many_requests`, `refused`, `skill_rejected`, ...
+    #[schema(value_type = String)]
+    code: &'static str,
+    /// Plain words for a person; may change.
+    message: String,
+}
+
+/// The OpenAPI document's frame; the paths come from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Airlock",
+        description = "Submit, review and run agent-generated skills; read the audit log. \
+            Every request but /healthz needs `Authorization: Bearer <API key>`. \
+            Also served, and specified elsewhere: OpenID discovery and JWKS \
+            (/.well-known/openid-configuration, /.well-known/jwks.json), token \
+            introspection (/oauth2/introspect, RFC 7662) and MCP (/mcp, streamable HTTP)."
+    ),
+    security(("bearer" = [])),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "skills", description = "Admission and review"),
+        (name = "runs", description = "Running approved skills"),
+        (name = "audit", description = "The tamper-evident audit log"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -223,7 +265,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
-                message: &self.message,
+                message: self.message,
             },
         };
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -459,12 +501,19 @@ impl Api {
 pub fn router(api: Arc<Api>) -> Router {
     let issuer = api.node.issuer().clone();
     let measured = axum::middleware::from_fn_with_state(api.clone(), measure);
-    let public = Router::new()
-        .route("/healthz", axum::routing::get(handlers::healthz))
-        .with_state(api.clone())
+    let (health, v1, doc) = handlers::routes(api.clone());
+    let doc = Arc::new(doc);
+    let public = health
         .merge(crate::identity::server::public(issuer.clone()))
         .route_layer(measured.clone());
-    let private = handlers::routes(api.clone())
+    let private = v1
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc) }
+            }),
+        )
         .merge(crate::identity::server::introspection(issuer))
         .nest_service(
             "/mcp",
