@@ -166,6 +166,9 @@ async fn no_request_without_a_valid_key_reaches_a_handler() {
         ("GET", "/v1/audit"),
         ("GET", "/v1/audit/verify"),
         ("POST", "/oauth2/introspect"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("POST", "/mcp"),
         ("GET", "/v1/no-such-endpoint"),
     ] {
         let url = s.url(path);
