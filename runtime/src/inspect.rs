@@ -136,7 +136,7 @@ fn hint(package: &str) -> String {
 }
 
 /// Check one import name against the allowed set.
-fn check_import(name: &str) -> Result<Option<Capability>, Rejection> {
+pub(crate) fn check_import(name: &str) -> Result<Option<Capability>, Rejection> {
     let forbidden = |package: &str| Rejection::ForbiddenImport {
         name: airlock_host_apis::escape(name, 200),
         hint: hint(package),

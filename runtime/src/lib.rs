@@ -27,6 +27,8 @@ pub mod egress;
 pub mod engine;
 mod error;
 mod fsutil;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod identity;
 pub mod inspect;
 mod instance;

@@ -556,7 +556,6 @@ impl Engine {
             Ok(Ok(Ok(Ok(output)))) => (RunStatus::Ok, Some(output), None),
         };
         span.record("status", tracing::field::debug(status));
-        unfinished.0 = None;
         let peak_memory_bytes = store.data().limiter.peak_memory();
         drop(store);
         let (mut logs, logs_dropped) = logs.drain();
@@ -607,6 +606,8 @@ impl Engine {
             let events =
                 crate::audit::end_events(&subject, &report, audit.settings().max_identical_denials);
             let ticket = audit.enqueue_lines(events);
+            // Queued: dropping the run from here on loses no record.
+            unfinished.0 = None;
             let written = audit.durable(ticket).await.map_err(|e| e.to_string());
             if let Err(why) = written {
                 tracing::error!(error = %why, instance = %report.instance, "the run's audit records were not written");

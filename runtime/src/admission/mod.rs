@@ -466,7 +466,9 @@ impl SkillStore {
         if version == 1 {
             migrate_v1(&mut db).map_err(db_error)?;
         }
-        db.execute_batch(SCHEMA).map_err(db_error)?;
+        // In one transaction with its version: a crash leaves all or none.
+        db.execute_batch(&format!("BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;"))
+            .map_err(db_error)?;
         Ok(SkillStore {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),

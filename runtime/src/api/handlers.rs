@@ -140,8 +140,26 @@ fn skill_for(
     text: &str,
     action: ControlAction,
 ) -> Result<SkillRecord, ApiError> {
-    let record = record_or_404(api, &digest(text)?)?;
-    api.authorize(principal, action, Some(&record))?;
+    let digest = digest(text)?;
+    let record = record_or_404(api, &digest)?;
+    // What the caller may not read (another tenant's) does not exist for it.
+    if action != ControlAction::Read
+        && api
+            .authorize(principal, ControlAction::Read, Some(&record))
+            .is_err()
+    {
+        return Err(ApiError::not_found(format!(
+            "no admitted skill has digest {digest}"
+        )));
+    }
+    api.authorize(principal, action, Some(&record))
+        .map_err(|e| {
+            if action == ControlAction::Read {
+                ApiError::not_found(format!("no admitted skill has digest {digest}"))
+            } else {
+                e
+            }
+        })?;
     Ok(record)
 }
 

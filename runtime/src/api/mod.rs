@@ -515,9 +515,13 @@ pub fn router(api: Arc<Api>) -> Router {
             }),
         )
         .merge(crate::identity::server::introspection(issuer))
-        .nest_service(
-            "/mcp",
-            mcp::Tools::http_service(api.clone(), api.shutdown.clone()),
+        .merge(
+            Router::new()
+                .nest_service(
+                    "/mcp",
+                    mcp::Tools::http_service(api.clone(), api.shutdown.clone()),
+                )
+                .layer(axum::middleware::from_fn_with_state(api.clone(), read_body)),
         )
         .route_layer(measured)
         // Unknown paths too: nothing about the API is told without a key.
@@ -533,17 +537,57 @@ pub fn router(api: Arc<Api>) -> Router {
         .layer(axum::middleware::from_fn_with_state(api, guard))
 }
 
+/// Read the whole body first, so a slow or oversized one is answered here
+/// (408, 413) in the API's error shape rather than by the MCP service.
+async fn read_body(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = usize::try_from(api.config.max_body).unwrap_or(usize::MAX);
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(e) if timed_out(&e) => body_timeout().into_response(),
+        Err(e) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+            too_large(api.config.max_body).into_response()
+        }
+        Err(_) => ApiError::bad_request("unreadable_body", "the request body could not be read")
+            .into_response(),
+    }
+}
+
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<T>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Request latency by route, once routed (authenticated requests only).
 async fn measure(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
-    let method = request.method().clone();
+    // Only the standard methods: any other would be a new series per name.
+    let method = match *request.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        axum::http::Method::PATCH => "PATCH",
+        _ => "other",
+    };
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(request).await;
     api.metrics
-        .request(method.as_str(), &route, response.status().as_u16(), started);
+        .request(method, &route, response.status().as_u16(), started);
     response
 }
 
@@ -622,14 +666,7 @@ impl http_body::Body for Deadline {
 
 /// Whether `error` comes from a body that took too long.
 pub(crate) fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.is::<BodyTimedOut>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    caused_by::<BodyTimedOut>(error)
 }
 
 pub(crate) fn body_timeout() -> ApiError {

@@ -38,8 +38,23 @@ fn hash(line: &[u8]) -> String {
     blake3::hash(line).to_hex().to_string()
 }
 
-fn checkpoint_message(count: u64, head: &str) -> Vec<u8> {
-    format!("airlock-audit-checkpoint|{count}|{head}").into_bytes()
+/// What a checkpoint signs: the chain's length and head, and the time of
+/// the checkpoint's own record (nothing after the last line covers it).
+fn checkpoint_message(count: u64, head: &str, time_ms: Option<u64>) -> Vec<u8> {
+    match time_ms {
+        Some(time_ms) => format!("airlock-audit-checkpoint|{count}|{head}|{time_ms}"),
+        None => format!("airlock-audit-checkpoint|{count}|{head}"),
+    }
+    .into_bytes()
+}
+
+/// A record line as the writer writes it, around an event serialized already.
+fn record_line(seq: u64, time_ms: u64, prev: &str, event: &[u8]) -> Vec<u8> {
+    let mut line = format!("{{\"seq\":{seq},\"time_ms\":{time_ms},\"prev\":\"{prev}\",\"event\":")
+        .into_bytes();
+    line.extend_from_slice(event);
+    line.push(b'}');
+    line
 }
 
 /// One line of the log.
@@ -56,6 +71,10 @@ pub struct Record {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub kind: String,
+    /// 2: the signature covers the checkpoint record's time too. Absent in
+    /// logs written before (their checkpoints verify as they were signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v: Option<u32>,
     /// Records before this one.
     pub count: u64,
     /// Hash of the record before this one.
@@ -505,12 +524,7 @@ impl Inner {
         let mut push = |event: &[u8], seq: &mut u64, head: &mut String| {
             *seq += 1;
             let start = out.len();
-            out.extend_from_slice(
-                format!("{{\"seq\":{seq},\"time_ms\":{time_ms},\"prev\":\"{head}\",\"event\":")
-                    .as_bytes(),
-            );
-            out.extend_from_slice(event);
-            out.push(b'}');
+            out.extend_from_slice(&record_line(*seq, time_ms, head, event));
             *head = hash(out.get(start..).unwrap_or_default());
             out.push(b'\n');
         };
@@ -520,9 +534,10 @@ impl Inner {
         }
         let key = self.keys.current()?;
         let count = seq;
-        let signature = key.sign(&checkpoint_message(count, &head));
+        let signature = key.sign(&checkpoint_message(count, &head, Some(time_ms)));
         let checkpoint = Checkpoint {
             kind: "checkpoint".into(),
+            v: Some(2),
             count,
             head: head.clone(),
             kid: key.kid.clone(),
@@ -847,21 +862,43 @@ pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
             ));
         }
         if record.event.get("kind").and_then(|k| k.as_str()) == Some("checkpoint") {
-            let checkpoint: Checkpoint =
-                serde_json::from_value(record.event.clone()).map_err(|e| {
-                    Error::Config(format!("line {number}: a malformed checkpoint: {e}"))
-                })?;
+            let Ok(checkpoint) = serde_json::from_value::<Checkpoint>(record.event.clone()) else {
+                return Ok(bad(number, "a malformed checkpoint".into(), records));
+            };
+            // Version 2 signs the record's time; a version 1 signature does
+            // not verify against a version 2 message, so none can be downgraded.
+            let time_ms = match checkpoint.v {
+                None => None,
+                Some(2) => Some(record.time_ms),
+                Some(other) => {
+                    return Ok(bad(
+                        number,
+                        format!("a checkpoint of unknown version {other}"),
+                        records,
+                    ));
+                }
+            };
             let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(&checkpoint.sig)
                 .unwrap_or_default();
             let signed = keys
                 .verify(
                     &checkpoint.kid,
-                    &checkpoint_message(checkpoint.count, &checkpoint.head),
+                    &checkpoint_message(checkpoint.count, &checkpoint.head, time_ms),
                     &signature,
                 )
                 .unwrap_or(false);
-            if !signed || checkpoint.count != records || checkpoint.head != expected_prev {
+            // No later line chains to the last checkpoint: its bytes must be
+            // exactly what the writer writes, so nothing unsigned can change.
+            let canonical = serde_json::to_value(&checkpoint)
+                .and_then(|v| serde_json::to_vec(&v))
+                .map(|event| record_line(record.seq, record.time_ms, &record.prev, &event))
+                .unwrap_or_default();
+            if !signed
+                || canonical != line
+                || checkpoint.count != records
+                || checkpoint.head != expected_prev
+            {
                 return Ok(bad(
                     number,
                     "a checkpoint whose signature or count does not hold: the log was rewritten"

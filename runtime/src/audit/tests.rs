@@ -327,3 +327,47 @@ fn records_export_as_ocsf_api_activity() {
     };
     assert_eq!(ocsf::event(&checkpoint), None);
 }
+
+#[test]
+fn every_single_bit_flip_anywhere_in_the_log_is_found() {
+    let fx = Fixture::new();
+    fx.written();
+    let original = std::fs::read(fx.path()).unwrap_or_else(|e| panic!("{e}"));
+    let bytes = original.as_slice();
+    for at in 0..bytes.len() {
+        for bit in [0u8, 5] {
+            let mut flipped = bytes.to_vec();
+            if let Some(b) = flipped.get_mut(at) {
+                *b ^= 1 << bit;
+            }
+            std::fs::write(fx.path(), &flipped).unwrap_or_else(|e| panic!("{e}"));
+            let found = verify(&fx.path(), &fx.keys);
+            assert!(
+                found.as_ref().map_or(true, |v| v.problem.is_some()),
+                "bit {bit} of byte {at} ({:?}) flipped unnoticed",
+                bytes.get(at).map(|b| *b as char)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_last_checkpoints_time_and_layout_are_covered() {
+    let fx = Fixture::new();
+    let lines = fx.written();
+    let last = lines.len() - 1;
+    let record: Record = serde_json::from_str(&lines[last]).unwrap();
+    let time = format!("\"time_ms\":{}", record.time_ms);
+    for text in [
+        // A later time, the bytes otherwise the same.
+        lines[last].replace(&time, &format!("\"time_ms\":{}", record.time_ms + 1)),
+        // The same record, spaced out: parses the same, is not the same.
+        lines[last].replace(",\"prev\"", ", \"prev\""),
+    ] {
+        let mut changed = lines.clone();
+        changed[last] = text;
+        fx.rewrite(&changed);
+        let (line, why) = fx.problem();
+        assert_eq!(line, lines.len() as u64, "{why}");
+    }
+}
