@@ -126,6 +126,28 @@ fn tls_config(config: &EgressConfig) -> Result<rustls::ClientConfig, Error> {
     Ok(tls)
 }
 
+/// Refused unless every address is public or explicitly allowed: one
+/// special address among a name's answers refuses the name.
+pub fn screen(
+    host: &str,
+    how: &str,
+    addresses: &[IpAddr],
+    allowed: &Allowed,
+) -> Result<(), CallError> {
+    if addresses.is_empty() {
+        return Err(CallError::Unavailable(format!("`{host}` has no addresses")));
+    }
+    for ip in addresses {
+        // An IPv4-mapped or translated address is its own special range.
+        if let Some(what) = special(*ip).filter(|_| !allowed.contains(*ip)) {
+            return Err(CallError::Denied(format!(
+                "`{host}` {how} {ip}, which is {what}: Airlock does not connect there"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl HttpEgress {
     pub fn new(config: &EgressConfig, resolver: Arc<dyn Resolver>) -> Result<Self, Error> {
         Ok(HttpEgress {
@@ -146,17 +168,7 @@ impl HttpEgress {
             Destination::Ip(ip) => (vec![*ip], "is"),
             Destination::Name(name) => (self.resolver.resolve(name).await?, "resolves to"),
         };
-        if addresses.is_empty() {
-            return Err(CallError::Unavailable(format!("`{host}` has no addresses")));
-        }
-        for ip in &addresses {
-            // An IPv4-mapped or translated address is its own special range.
-            if let Some(what) = special(*ip).filter(|_| !self.allowed.contains(*ip)) {
-                return Err(CallError::Denied(format!(
-                    "`{host}` {how} {ip}, which is {what}: Airlock does not connect there"
-                )));
-            }
-        }
+        screen(&host, how, &addresses, &self.allowed)?;
         Ok(addresses)
     }
 

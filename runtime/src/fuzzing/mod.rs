@@ -10,7 +10,9 @@
 pub mod admission;
 pub mod api;
 pub mod audit;
+pub mod egress;
 pub mod policy;
+pub mod storage;
 
 /// An invariant that did not hold, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -128,9 +128,13 @@ impl Target {
     }
 
     pub fn check(&self, bytes: &[u8]) -> Result<(), Violation> {
-        let Ok(case) = Case::arbitrary(&mut Unstructured::new(bytes)) else {
-            return Ok(());
-        };
+        match Case::arbitrary(&mut Unstructured::new(bytes)) {
+            Ok(case) => self.check_case(&case),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn check_case(&self, case: &Case) -> Result<(), Violation> {
         let (Some(trust), Some(sensitivity), Some(action), Some(name)) = (
             at(&Trust::ALL, case.trust),
             at(&Sensitivity::ALL, case.sensitivity),
@@ -250,6 +254,42 @@ impl Target {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Every skill, trust, sensitivity and action, each made worse in a few
+    /// ways, with and without labels and an overflowing session.
+    #[test]
+    fn every_level_and_action_holds() {
+        let target = Target::new().unwrap_or_else(|v| panic!("{v}"));
+        for skill in 0..3 {
+            for trust in 0..4 {
+                for sensitivity in 0..4 {
+                    for action in 0..8 {
+                        for (less_trusted, more_sensitive) in [(0, 0), (1, 0), (0, 1), (3, 3)] {
+                            for (labels, bytes_out) in [(0, 0), (4, 0), (0, u64::MAX)] {
+                                let case = Case {
+                                    skill,
+                                    trust,
+                                    sensitivity,
+                                    labels,
+                                    calls: 1,
+                                    bytes_out,
+                                    action,
+                                    target: skill,
+                                    more_sensitive,
+                                    less_trusted,
+                                    more_labels: 4,
+                                    more_bytes: 0,
+                                };
+                                target.check_case(&case).unwrap_or_else(|v| panic!("{v}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_seed_corpus_holds() {
         let target = super::Target::new().unwrap_or_else(|v| panic!("{v}"));
