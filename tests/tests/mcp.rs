@@ -164,6 +164,8 @@ async fn airlock_mcp_on_stdio_lists_approved_skills_and_runs_them_as_tools() {
 
 struct HttpServer {
     socket: String,
+    /// The same server on TCP, for a plain HTTP client.
+    tcp: String,
     runner: String,
     red: String,
     node: TestNode,
@@ -185,9 +187,19 @@ async fn http_server() -> HttpServer {
     let socket = dir.path().join("airlock.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap_or_else(|e| panic!("{e}"));
     let router = airlock_runtime::api::router(Arc::clone(&api));
+    let tcp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tcp = format!(
+        "http://{}",
+        tcp_listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let tcp_router = router.clone();
+    tokio::spawn(async move { axum::serve(tcp_listener, tcp_router).await });
     tokio::spawn(async move { axum::serve(listener, router).await });
     HttpServer {
         socket: socket.display().to_string(),
+        tcp,
         runner,
         red,
         node,
@@ -267,4 +279,51 @@ async fn the_mcp_endpoint_needs_a_key_and_offers_only_the_callers_tools() {
         .unwrap_or_else(|| panic!("no run.start in {records:?}"));
     assert_eq!(start["requester"], "runner");
     assert_eq!(start["intent"], "hello");
+}
+
+#[tokio::test]
+async fn an_mcp_session_answers_only_the_key_that_opened_it() {
+    let s = http_server().await;
+    let client = reqwest::Client::new();
+    let post = |key: &str, session: Option<&str>, body: Value| {
+        let mut request = client
+            .post(format!("{}/mcp", s.tcp))
+            .bearer_auth(key)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(id) = session {
+            request = request
+                .header("mcp-session-id", id)
+                .header("mcp-protocol-version", "2025-06-18");
+        }
+        request.send()
+    };
+    let opened = post(
+        &s.runner,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "probe", "version": "0"}}}),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(opened.status().is_success(), "{}", opened.status());
+    let id = opened
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(!id.is_empty(), "no session id");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let stolen = post(&s.red, Some(&id), list.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stolen.status(), reqwest::StatusCode::NOT_FOUND);
+    let body: Value = stolen.json().await.unwrap_or_default();
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    let own = post(&s.runner, Some(&id), list)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(own.status(), reqwest::StatusCode::NOT_FOUND);
 }

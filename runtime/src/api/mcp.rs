@@ -124,6 +124,76 @@ impl Tools {
     }
 }
 
+/// Sessions by id, each with the principal that opened it: another key
+/// presenting the id is told there is no such session. The oldest are
+/// forgotten past a bound (rmcp ends idle sessions on its own).
+#[derive(Debug, Default)]
+pub(crate) struct SessionOwners {
+    owners: HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+const MAX_SESSIONS: usize = 10_000;
+
+impl SessionOwners {
+    fn bind(&mut self, id: &str, principal: &str) {
+        if self.owners.contains_key(id) {
+            return;
+        }
+        if self.order.len() >= MAX_SESSIONS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.owners.remove(&oldest);
+        }
+        self.owners.insert(id.to_string(), principal.to_string());
+        self.order.push_back(id.to_string());
+    }
+}
+
+/// Keep each MCP session to the principal that opened it.
+pub(super) async fn bind_session(
+    axum::extract::State(api): axum::extract::State<Arc<Api>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    let presented = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = &presented {
+        let sessions = api
+            .mcp_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sessions
+            .owners
+            .get(id)
+            .is_some_and(|owner| *owner != principal)
+        {
+            return ApiError::not_found("no such MCP session").into_response();
+        }
+    }
+    let response = next.run(request).await;
+    if let Some(id) = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        api.mcp_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .bind(id, &principal);
+    }
+    response
+}
+
 /// MCP tool names are `[A-Za-z0-9_.-]{1,64}`: anything else becomes `_`.
 fn tool_name(skill: &str) -> String {
     let mut name: String = skill

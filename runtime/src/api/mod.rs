@@ -290,6 +290,8 @@ pub struct Api {
     keys: Vec<Key>,
     control: ControlPolicies,
     metrics: metrics::Metrics,
+    /// Which principal opened each MCP session.
+    mcp_sessions: Mutex<mcp::SessionOwners>,
     /// Cancelled when the server begins to shut down: ends MCP streams.
     shutdown: tokio_util::sync::CancellationToken,
     /// Runs in progress, over all and per principal.
@@ -362,6 +364,7 @@ impl Api {
             keys,
             control,
             metrics: metrics::Metrics::new(),
+            mcp_sessions: Mutex::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             runs: Mutex::default(),
         }))
@@ -521,6 +524,10 @@ pub fn router(api: Arc<Api>) -> Router {
                     "/mcp",
                     mcp::Tools::http_service(api.clone(), api.shutdown.clone()),
                 )
+                .layer(axum::middleware::from_fn_with_state(
+                    api.clone(),
+                    mcp::bind_session,
+                ))
                 .layer(axum::middleware::from_fn_with_state(api.clone(), read_body)),
         )
         .route_layer(measured)
