@@ -147,25 +147,7 @@ impl ControlPolicies {
 
     /// The built-in policies plus `files`, validated strictly.
     pub fn from_files(files: &[SourceFile]) -> Result<Self, Error> {
-        let (schema, warnings) =
-            Schema::from_cedarschema_str(SCHEMA).map_err(|e| Error::Schema(e.to_string()))?;
-        let warnings: Vec<String> = warnings.map(|w| w.to_string()).collect();
-        if !warnings.is_empty() {
-            return Err(Error::Schema(warnings.join("; ")));
-        }
-        let mut all: Vec<SourceFile> = BASE
-            .iter()
-            .map(|(name, text)| SourceFile {
-                name: (*name).to_string(),
-                text: (*text).to_string(),
-            })
-            .collect();
-        all.extend(files.iter().cloned());
-        let parsed = load::parse(&all).map_err(Error::Invalid)?;
-        let problems = load::validate(&schema, &parsed);
-        if !problems.is_empty() {
-            return Err(Error::Invalid(problems));
-        }
+        let (schema, parsed) = load::strict(SCHEMA, BASE, files)?;
         let mut ids: Vec<String> = parsed.set.policies().map(|p| p.id().to_string()).collect();
         ids.sort();
         let server = type_name("AirlockControl::Server")?;

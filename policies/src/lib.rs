@@ -388,16 +388,6 @@ impl std::fmt::Debug for Policies {
     }
 }
 
-fn schema() -> Result<Schema, Error> {
-    let (schema, warnings) =
-        Schema::from_cedarschema_str(SCHEMA).map_err(|e| Error::Schema(e.to_string()))?;
-    let warnings: Vec<String> = warnings.map(|w| w.to_string()).collect();
-    if !warnings.is_empty() {
-        return Err(Error::Schema(warnings.join("; ")));
-    }
-    Ok(schema)
-}
-
 impl Policies {
     /// The base guard rails alone.
     pub fn base() -> Result<Self, Error> {
@@ -415,20 +405,7 @@ impl Policies {
 
     /// The base guard rails plus `files`.
     pub fn from_files(files: &[SourceFile]) -> Result<Self, Error> {
-        let schema = schema()?;
-        let mut all_files: Vec<SourceFile> = BASE
-            .iter()
-            .map(|(name, text)| SourceFile {
-                name: (*name).to_string(),
-                text: (*text).to_string(),
-            })
-            .collect();
-        all_files.extend(files.iter().cloned());
-        let parsed = load::parse(&all_files).map_err(Error::Invalid)?;
-        let problems = load::validate(&schema, &parsed);
-        if !problems.is_empty() {
-            return Err(Error::Invalid(problems));
-        }
+        let (schema, parsed) = load::strict(SCHEMA, BASE, files)?;
         let types = Types::new()?;
         let mut by_name = context::shapes(SCHEMA).map_err(Error::Schema)?;
         let mut shapes = Vec::with_capacity(Action::ALL.len());

@@ -203,6 +203,35 @@ pub(crate) fn parse(files: &[SourceFile]) -> Result<Parsed, Vec<Problem>> {
     }
 }
 
+/// A schema, then the built-in files and `files` parsed and validated
+/// strictly against it: what both policy models load the same way.
+pub(crate) fn strict(
+    schema_text: &str,
+    base: &[(&str, &str)],
+    files: &[SourceFile],
+) -> Result<(Schema, Parsed), Error> {
+    let (schema, warnings) =
+        Schema::from_cedarschema_str(schema_text).map_err(|e| Error::Schema(e.to_string()))?;
+    let warnings: Vec<String> = warnings.map(|w| w.to_string()).collect();
+    if !warnings.is_empty() {
+        return Err(Error::Schema(warnings.join("; ")));
+    }
+    let mut all: Vec<SourceFile> = base
+        .iter()
+        .map(|(name, text)| SourceFile {
+            name: (*name).to_string(),
+            text: (*text).to_string(),
+        })
+        .collect();
+    all.extend(files.iter().cloned());
+    let parsed = parse(&all).map_err(Error::Invalid)?;
+    let problems = validate(&schema, &parsed);
+    if !problems.is_empty() {
+        return Err(Error::Invalid(problems));
+    }
+    Ok((schema, parsed))
+}
+
 /// Validate strictly against the schema; warnings count as problems.
 pub(crate) fn validate(schema: &Schema, parsed: &Parsed) -> Vec<Problem> {
     let result = Validator::new(schema.clone()).validate(&parsed.set, ValidationMode::Strict);

@@ -10,9 +10,7 @@ use super::identity::need_data_dir;
 use super::{Failure, exit};
 use crate::Config;
 use crate::api::mcp::Tools;
-use crate::api::{Api, Principal, Role};
-use crate::engine::EngineConfig;
-use crate::node::{Node, NodeOptions};
+use crate::api::{Principal, Role};
 
 /// `airlock mcp`.
 #[derive(Debug, Args)]
@@ -43,20 +41,7 @@ pub async fn serve(
         .ok_or_else(|| {
             Failure::usage("who is the MCP client? pass --as NAME or set AIRLOCK_USER")
         })?;
-    let api_config = config.api.clone();
-    let node = Node::new(
-        config,
-        NodeOptions {
-            engine: EngineConfig {
-                cache_dir: Some(data_dir.join("cache")),
-                ..EngineConfig::default()
-            },
-            data_dir: Some(data_dir),
-            policy_dir: args.policy,
-            ..NodeOptions::default()
-        },
-    )?;
-    let api = Api::new(node.clone(), api_config)?;
+    let (node, api) = super::serve::node_and_api(config, data_dir, args.policy, None)?;
     // A local client runs skills; the control-plane policies still decide.
     let caller = Principal {
         name,

@@ -43,20 +43,8 @@ pub async fn serve(
             "airlock: no API keys are configured ([[api.keys]]): every /v1 request will be refused; make one with `airlock api-key --principal NAME --role ROLE`"
         );
     }
-    let node = Node::new(
-        config,
-        NodeOptions {
-            engine: EngineConfig {
-                cache_dir: Some(data_dir.join("cache")),
-                max_instances: api_config.max_runs.max(16),
-                ..EngineConfig::default()
-            },
-            data_dir: Some(data_dir),
-            policy_dir: args.policy,
-            ..NodeOptions::default()
-        },
-    )?;
-    let api = Api::new(node.clone(), api_config)?;
+    let max_instances = api_config.max_runs.max(16);
+    let (node, api) = node_and_api(config, data_dir, args.policy, Some(max_instances))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -109,6 +97,32 @@ pub async fn serve(
     drop(api);
     drop(node);
     Ok(exit::OK)
+}
+
+/// The node and the API over it, as `serve` and `mcp` both run them.
+pub(super) fn node_and_api(
+    config: Config,
+    data_dir: PathBuf,
+    policy_dir: Option<PathBuf>,
+    max_instances: Option<u32>,
+) -> Result<(std::sync::Arc<Node>, std::sync::Arc<Api>), Failure> {
+    let api_config = config.api.clone();
+    let defaults = EngineConfig::default();
+    let node = Node::new(
+        config,
+        NodeOptions {
+            engine: EngineConfig {
+                cache_dir: Some(data_dir.join("cache")),
+                max_instances: max_instances.unwrap_or(defaults.max_instances),
+                ..defaults
+            },
+            data_dir: Some(data_dir),
+            policy_dir,
+            ..NodeOptions::default()
+        },
+    )?;
+    let api = Api::new(node.clone(), api_config)?;
+    Ok((node, api))
 }
 
 async fn shutdown_signal() {
