@@ -456,6 +456,36 @@ pub struct CallRecord {
     pub duration_us: u64,
 }
 
+impl CallRecord {
+    /// Pass every string the guest chose through `clean`: the resource, the
+    /// details and a failure's text. Records are kept and shown; a live
+    /// credential a guest wrote into a key or a path must not be.
+    pub fn redact(&mut self, clean: impl Fn(String) -> String) {
+        let take = |s: &mut String| *s = clean(std::mem::take(s));
+        match &mut self.resource {
+            Resource::Host { name } | Resource::Secret { name } | Resource::Tool { name } => {
+                take(name)
+            }
+            Resource::Object { key, .. } => take(key),
+        }
+        match &mut self.details {
+            Details::Http {
+                method, host, path, ..
+            } => {
+                take(method);
+                take(host);
+                take(path);
+            }
+            Details::Storage { key } => take(key),
+            Details::Token { audience } => take(audience),
+            Details::Tool { .. } => {}
+        }
+        if let Outcome::Failed { error } = &mut self.outcome {
+            take(error);
+        }
+    }
+}
+
 /// What a broker built for one instance in [`Broker::prepare`], handed back
 /// to every [`Broker::decide`] for that instance.
 #[derive(Clone, Default)]
@@ -656,6 +686,28 @@ impl BrokerCtx {
     /// Count one host call against the instance's budget.
     pub fn count_call(&self) -> Result<(), CallError> {
         self.budget.spend()
+    }
+
+    /// Count and record a call refused before policy because its arguments
+    /// are malformed, and return `error`. Every call leaves a record.
+    pub fn refuse<T>(&self, request: CapabilityRequest, error: CallError) -> Result<T, CallError> {
+        self.count_call()?;
+        let permit = Permit {
+            span: call_span(&self.subject, &request),
+            broker: self.broker.clone(),
+            ledger: self.ledger.clone(),
+            instance: self.subject.instance.clone(),
+            skill: self.subject.skill.name.clone(),
+            request,
+            decision: Decision::deny(
+                Vec::new(),
+                Some("the call is malformed and was refused before policy".to_string()),
+            ),
+            started: Instant::now(),
+            outcome: None,
+        };
+        permit.span.record("verdict", "deny");
+        permit.conclude(Err(error), |_: &T| None)
     }
 
     /// Count the call, decide it, and either hand back a [`Permit`] to act on

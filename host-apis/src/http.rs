@@ -288,6 +288,9 @@ impl OutboundRequest {
         if let Some(name) = credentials.leak(instance, self.url.as_str().as_bytes(), host) {
             return Some((name, "the request URL"));
         }
+        if let Some(name) = credentials.leak(instance, self.method.as_str().as_bytes(), host) {
+            return Some((name, "the request method"));
+        }
         for (name, value) in &self.headers {
             let found = credentials
                 .leak(instance, name.as_str().as_bytes(), host)
@@ -428,6 +431,28 @@ impl InboundResponse {
     }
 }
 
+/// What the record of a request that could not be parsed says: the host as
+/// far as it can be read, and the method.
+fn unparsed(method: &str, url: &str) -> CapabilityRequest {
+    let host = url::Url::parse(url.trim())
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
+    CapabilityRequest {
+        action: Action::HttpRequest,
+        resource: Resource::Host {
+            name: crate::escape(&host, 200),
+        },
+        details: Details::Http {
+            method: crate::escape(method, 40),
+            scheme: String::new(),
+            host: String::new(),
+            port: 0,
+            path: String::new(),
+        },
+    }
+}
+
 /// Decide, send and (if the operator allows) follow redirects, each hop
 /// decided and checked as a new request. The one path both `http.fetch` and
 /// the standard `wasi:http` handler take.
@@ -447,8 +472,10 @@ pub async fn fetch(
     let mut hops = 0;
     loop {
         if request.scheme == Scheme::Http && request.credential.is_some() {
-            broker.count_call()?;
-            return Err(invalid("a credential is never sent over plain http"));
+            return broker.refuse(
+                request.capability_request(),
+                invalid("a credential is never sent over plain http"),
+            );
         }
         let permit = broker.authorize(request.capability_request()).await?;
         if let Some((name, place)) = request.leak(out.credentials, instance) {
@@ -463,7 +490,12 @@ pub async fn fetch(
                     .await;
                 let attached = use_permit.conclude(attached, |a| {
                     Some(format!("attached as `{}` for {}", a.header, request.host()))
-                })?;
+                });
+                // The request fails with the credential's error, on the record too.
+                let attached = match attached {
+                    Ok(attached) => attached,
+                    Err(e) => return permit.conclude(Err(e), |_: &InboundResponse| None),
+                };
                 broker.session().lock().secrets_used.insert(name.clone());
                 Some(attached)
             }
@@ -490,16 +522,17 @@ pub async fn fetch(
             Some(attached) => {
                 let mut sending = request.clone();
                 sending.headers.retain(|(n, _)| *n != attached.header);
-                let mut value =
-                    http::HeaderValue::from_str(attached.value.expose()).map_err(|_| {
-                        CallError::Unavailable(format!(
-                            "credential `{}` has a value a header cannot carry",
-                            request.credential.as_deref().unwrap_or_default()
-                        ))
-                    })?;
-                value.set_sensitive(true);
-                sending.headers.push((attached.header, value));
-                out.egress.send(&sending).await
+                match http::HeaderValue::from_str(attached.value.expose()) {
+                    Ok(mut value) => {
+                        value.set_sensitive(true);
+                        sending.headers.push((attached.header, value));
+                        out.egress.send(&sending).await
+                    }
+                    Err(_) => Err(CallError::Unavailable(format!(
+                        "credential `{}` has a value a header cannot carry",
+                        request.credential.as_deref().unwrap_or_default()
+                    ))),
+                }
             }
             None => out.egress.send(&request).await,
         };
@@ -596,10 +629,7 @@ impl Host for SkillCtx {
         );
         let request = match request {
             Ok(request) => request,
-            Err(e) => {
-                self.broker.count_call()?;
-                return Err(e);
-            }
+            Err(e) => return self.broker.refuse(unparsed(&req.method, &req.url), e),
         };
         let response = fetch(&self.broker, self.http.outbound(), request).await?;
         Ok(wit::Response {
@@ -718,8 +748,8 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
             let outbound = match outbound {
                 Ok(outbound) => outbound,
                 Err(e) => {
-                    broker.count_call().map_err(to_wasi_error)?;
-                    return Err(to_wasi_error(e));
+                    let request = unparsed(parts.method.as_str(), &parts.uri.to_string());
+                    return broker.refuse(request, e).map_err(to_wasi_error);
                 }
             };
             let response = fetch(&broker, http.outbound(), outbound)

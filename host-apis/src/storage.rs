@@ -9,13 +9,41 @@ use crate::bindings::airlock::skill::storage::Host;
 use crate::broker::{Action, CapabilityRequest, Details, Resource};
 use crate::{CallError, SkillCtx};
 
+/// A stored value, with the labels it carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    pub value: Vec<u8>,
+    /// The labels of the session that wrote it: data read from a labelled
+    /// key and written elsewhere keeps its label, in this run and in later
+    /// ones.
+    pub labels: Vec<String>,
+}
+
+/// Keys under a prefix, with the labels their values carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// In lexicographic order.
+    pub keys: Vec<String>,
+    pub labels: Vec<String>,
+}
+
 /// A key-value store, addressed by namespace. Implemented by the runtime.
+///
+/// A backend must keep the labels given to `put` with the value and return
+/// them (or more) with it: they are how a label follows data from one run
+/// to the next. Returning fewer lets a skill launder labelled data.
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + 'static {
-    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, CallError>;
-    async fn put(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), CallError>;
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Stored>, CallError>;
+    async fn put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        labels: Vec<String>,
+    ) -> Result<(), CallError>;
     async fn delete(&self, namespace: &str, key: &str) -> Result<bool, CallError>;
-    async fn list(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, CallError>;
+    async fn list(&self, namespace: &str, prefix: &str) -> Result<Listing, CallError>;
 
     /// The classification label of a key, if the operator gave it one.
     /// Reading a labelled key adds the label to the run's session.
@@ -34,16 +62,16 @@ fn unconfigured<T>() -> Result<T, CallError> {
 
 #[async_trait::async_trait]
 impl Storage for NoStorage {
-    async fn get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, CallError> {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Stored>, CallError> {
         unconfigured()
     }
-    async fn put(&self, _: &str, _: &str, _: Vec<u8>) -> Result<(), CallError> {
+    async fn put(&self, _: &str, _: &str, _: Vec<u8>, _: Vec<String>) -> Result<(), CallError> {
         unconfigured()
     }
     async fn delete(&self, _: &str, _: &str) -> Result<bool, CallError> {
         unconfigured()
     }
-    async fn list(&self, _: &str, _: &str) -> Result<Vec<String>, CallError> {
+    async fn list(&self, _: &str, _: &str) -> Result<Listing, CallError> {
         unconfigured()
     }
     fn classification(&self, _: &str, _: &str) -> Option<String> {
@@ -89,13 +117,16 @@ impl StorageCtx {
 }
 
 impl SkillCtx {
-    fn add_labels<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+    /// Add to the session the labels of what was read: each key's
+    /// classification and the labels its value carries.
+    fn add_labels<'a>(&self, keys: impl IntoIterator<Item = &'a str>, carried: Vec<String>) {
         let backend = &self.storage.backend;
         let namespace = &self.storage.namespace;
-        let labels: Vec<String> = keys
+        let mut labels: Vec<String> = keys
             .into_iter()
             .filter_map(|key| backend.classification(namespace, key))
             .collect();
+        labels.extend(carried);
         if !labels.is_empty() {
             self.broker.session().lock().labels.extend(labels);
         }
@@ -111,9 +142,12 @@ impl Host for SkillCtx {
             .backend
             .get(&self.storage.namespace, &key)
             .await;
-        if let Ok(Some(_)) = &result {
-            self.add_labels([key.as_str()]);
-        }
+        let result = result.map(|stored| {
+            stored.map(|stored| {
+                self.add_labels([key.as_str()], stored.labels);
+                stored.value
+            })
+        });
         permit.conclude(result, |v| {
             Some(match v {
                 Some(bytes) => format!("read {} bytes", bytes.len()),
@@ -139,10 +173,18 @@ impl Host for SkillCtx {
             return permit.conclude(Err(crate::secrets::leak_refusal(&name, place)), |()| None);
         }
         let size = value.len();
+        let labels: Vec<String> = self
+            .broker
+            .session()
+            .lock()
+            .labels
+            .iter()
+            .cloned()
+            .collect();
         let result = self
             .storage
             .backend
-            .put(&self.storage.namespace, &key, value)
+            .put(&self.storage.namespace, &key, value, labels)
             .await;
         permit.conclude(result, |()| Some(format!("wrote {size} bytes")))
     }
@@ -168,10 +210,11 @@ impl Host for SkillCtx {
             .backend
             .list(&self.storage.namespace, &prefix)
             .await;
-        if let Ok(keys) = &result {
-            // Key names under a labelled prefix are data of that label too.
-            self.add_labels(keys.iter().map(String::as_str));
-        }
+        // Key names are data of their keys' labels too.
+        let result = result.map(|listing| {
+            self.add_labels(listing.keys.iter().map(String::as_str), listing.labels);
+            listing.keys
+        });
         permit.conclude(result, |keys| Some(format!("listed {} keys", keys.len())))
     }
 }

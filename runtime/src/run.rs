@@ -229,9 +229,7 @@ impl Drop for Unfinished {
         let instance = &c.subject.instance;
         let mut decisions = c.ledger.records();
         for record in &mut decisions {
-            if let airlock_host_apis::Outcome::Failed { error } = &mut record.outcome {
-                *error = redact_text(&*c.credentials, instance, std::mem::take(error));
-            }
+            record.redact(|text| redact_text(&*c.credentials, instance, text));
         }
         let report = RunReport {
             instance: instance.clone(),
@@ -572,9 +570,7 @@ impl Engine {
         }
         let mut decisions = ledger.records();
         for record in &mut decisions {
-            if let airlock_host_apis::Outcome::Failed { error } = &mut record.outcome {
-                *error = clean(std::mem::take(error));
-            }
+            record.redact(clean);
         }
         if let Some(revocation) = held.end()
             && tokio::time::timeout(REVOCATION_WAIT, revocation)

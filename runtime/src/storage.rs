@@ -6,6 +6,12 @@
 //! be produced. Files that are not regular files (a planted symlink, a
 //! directory) are never read or followed. Quotas are checked before writing;
 //! writes go to a temporary file that is renamed into place.
+//!
+//! A value written by a session that had read labelled data carries those
+//! labels, in a file `l` + base64url(key) beside it. Labels are written
+//! before a labelled value and removed after an unlabelled one, and read
+//! both before and after the value: a reader racing a writer may see more
+//! labels than the value carries, never fewer.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -13,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use airlock_host_apis::CallError;
+use airlock_host_apis::storage::{Listing, Stored};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
@@ -59,6 +66,14 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> CallError {
 fn encode(key: &str) -> String {
     format!("k{}", URL_SAFE_NO_PAD.encode(key.as_bytes()))
 }
+
+/// The file beside a key's value that holds the labels the value carries.
+fn labels_name(key: &str) -> String {
+    format!("l{}", URL_SAFE_NO_PAD.encode(key.as_bytes()))
+}
+
+/// At most this much of a labels file is read: labels are operator names.
+const MAX_LABELS_BYTES: u64 = 4096;
 
 fn decode(name: &str) -> Option<String> {
     let encoded = name.strip_prefix('k')?;
@@ -170,9 +185,26 @@ impl DirStorage {
         }
     }
 
-    fn get_blocking(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, CallError> {
+    /// The labels stored beside a key's value; none if there is no file.
+    fn read_labels(dir: &Dir, key: &str) -> Result<Vec<String>, CallError> {
+        let Some(file) = Self::open_file(dir, &labels_name(key))? else {
+            return Ok(Vec::new());
+        };
+        let mut text = String::new();
+        file.take(MAX_LABELS_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| unavailable("reading labels", e))?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn get_blocking(&self, namespace: &str, key: &str) -> Result<Option<Stored>, CallError> {
         self.check_key(key)?;
         let ns = self.namespace(namespace)?;
+        let mut labels = Self::read_labels(&ns.dir, key)?;
         let Some(mut file) = Self::open_file(&ns.dir, &encode(key))? else {
             return Ok(None);
         };
@@ -187,7 +219,39 @@ impl DirStorage {
                 "the stored value is larger than a value may be".into(),
             ));
         }
-        Ok(Some(value))
+        labels.extend(Self::read_labels(&ns.dir, key)?);
+        labels.sort();
+        labels.dedup();
+        Ok(Some(Stored { value, labels }))
+    }
+
+    /// Write `bytes` to `name` through a temporary file renamed into place.
+    fn replace(dir: &Dir, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = format!(".tmp-{:016x}", rand::random::<u64>());
+        let mut options = OpenOptions::new();
+        options
+            .write(true)
+            .create_new(true)
+            .follow(FollowSymlinks::No);
+        let written = dir
+            .open_with(&tmp, &options)
+            .and_then(|mut file| {
+                file.write_all(bytes)?;
+                file.sync_data()
+            })
+            .and_then(|()| dir.rename(&tmp, dir, name));
+        if written.is_err() {
+            let _ = dir.remove_file(&tmp);
+        }
+        written
+    }
+
+    fn remove_labels(dir: &Dir, key: &str) -> Result<(), CallError> {
+        match dir.remove_file(labels_name(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(unavailable("removing labels", e)),
+        }
     }
 
     fn existing_size(dir: &Dir, name: &str) -> Result<Option<u64>, CallError> {
@@ -200,7 +264,13 @@ impl DirStorage {
         }
     }
 
-    fn put_blocking(&self, namespace: &str, key: &str, value: &[u8]) -> Result<(), CallError> {
+    fn put_blocking(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        labels: &[String],
+    ) -> Result<(), CallError> {
         self.check_key(key)?;
         let size = value.len() as u64;
         if size > self.limits.max_value_bytes {
@@ -227,25 +297,19 @@ impl DirStorage {
                 self.limits.max_bytes
             )));
         }
-        let tmp = format!(".tmp-{:016x}", rand::random::<u64>());
-        let mut options = OpenOptions::new();
-        options
-            .write(true)
-            .create_new(true)
-            .follow(FollowSymlinks::No);
-        let written = ns
-            .dir
-            .open_with(&tmp, &options)
-            .and_then(|mut file| {
-                file.write_all(value)?;
-                file.sync_data()
-            })
-            .and_then(|()| ns.dir.rename(&tmp, &ns.dir, &name));
-        if let Err(e) = written {
-            let _ = ns.dir.remove_file(&tmp);
-            return Err(unavailable("writing", e));
+        // Labels go down before a labelled value and come off after an
+        // unlabelled one, so no reader sees the value with fewer.
+        if !labels.is_empty() {
+            let mut text = labels.join("\n");
+            text.push('\n');
+            Self::replace(&ns.dir, &labels_name(key), text.as_bytes())
+                .map_err(|e| unavailable("writing labels", e))?;
         }
+        Self::replace(&ns.dir, &name, value).map_err(|e| unavailable("writing", e))?;
         *usage = Usage { keys, bytes };
+        if labels.is_empty() {
+            Self::remove_labels(&ns.dir, key)?;
+        }
         Ok(())
     }
 
@@ -262,10 +326,11 @@ impl DirStorage {
             .map_err(|e| unavailable("deleting", e))?;
         usage.keys = usage.keys.saturating_sub(1);
         usage.bytes = usage.bytes.saturating_sub(size);
+        Self::remove_labels(&ns.dir, key)?;
         Ok(true)
     }
 
-    fn list_blocking(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, CallError> {
+    fn list_blocking(&self, namespace: &str, prefix: &str) -> Result<Listing, CallError> {
         self.check_text(prefix, "prefix")?;
         let ns = self.namespace(namespace)?;
         let mut keys = Vec::new();
@@ -279,7 +344,13 @@ impl DirStorage {
             }
         }
         keys.sort();
-        Ok(keys)
+        let mut labels = Vec::new();
+        for key in &keys {
+            labels.extend(Self::read_labels(&ns.dir, key)?);
+        }
+        labels.sort();
+        labels.dedup();
+        Ok(Listing { keys, labels })
     }
 }
 
@@ -300,14 +371,20 @@ pub struct StorageHandle(pub Arc<DirStorage>);
 
 #[async_trait::async_trait]
 impl airlock_host_apis::storage::Storage for StorageHandle {
-    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, CallError> {
+    async fn get(&self, namespace: &str, key: &str) -> Result<Option<Stored>, CallError> {
         let (ns, key) = (namespace.to_string(), key.to_string());
         blocking(&self.0, move |s| s.get_blocking(&ns, &key)).await
     }
 
-    async fn put(&self, namespace: &str, key: &str, value: Vec<u8>) -> Result<(), CallError> {
+    async fn put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Vec<u8>,
+        labels: Vec<String>,
+    ) -> Result<(), CallError> {
         let (ns, key) = (namespace.to_string(), key.to_string());
-        blocking(&self.0, move |s| s.put_blocking(&ns, &key, &value)).await
+        blocking(&self.0, move |s| s.put_blocking(&ns, &key, &value, &labels)).await
     }
 
     async fn delete(&self, namespace: &str, key: &str) -> Result<bool, CallError> {
@@ -315,7 +392,7 @@ impl airlock_host_apis::storage::Storage for StorageHandle {
         blocking(&self.0, move |s| s.delete_blocking(&ns, &key)).await
     }
 
-    async fn list(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, CallError> {
+    async fn list(&self, namespace: &str, prefix: &str) -> Result<Listing, CallError> {
         let (ns, prefix) = (namespace.to_string(), prefix.to_string());
         blocking(&self.0, move |s| s.list_blocking(&ns, &prefix)).await
     }

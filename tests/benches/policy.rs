@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use airlock_host_apis::storage::Storage;
+use airlock_host_apis::storage::{Listing, Storage, Stored};
 use airlock_host_apis::{
     AgentIdentity, Broker, CallError, CapabilityRequest, Decision, Prepared, SessionState, Subject,
     Trust,
@@ -28,17 +28,17 @@ struct Empty;
 
 #[async_trait::async_trait]
 impl Storage for Empty {
-    async fn get(&self, _: &str, _: &str) -> Result<Option<Vec<u8>>, CallError> {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Stored>, CallError> {
         Ok(None)
     }
-    async fn put(&self, _: &str, _: &str, _: Vec<u8>) -> Result<(), CallError> {
+    async fn put(&self, _: &str, _: &str, _: Vec<u8>, _: Vec<String>) -> Result<(), CallError> {
         Ok(())
     }
     async fn delete(&self, _: &str, _: &str) -> Result<bool, CallError> {
         Ok(false)
     }
-    async fn list(&self, _: &str, _: &str) -> Result<Vec<String>, CallError> {
-        Ok(Vec::new())
+    async fn list(&self, _: &str, _: &str) -> Result<Listing, CallError> {
+        Ok(Listing::default())
     }
     fn classification(&self, _: &str, _: &str) -> Option<String> {
         None

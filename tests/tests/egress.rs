@@ -300,10 +300,20 @@ async fn bad_schemes_userinfo_and_headers_are_invalid_before_anything_else() {
     for ((what, text), result) in expected.iter().zip(&results) {
         check(what, result, "invalid", text);
     }
-    assert!(
-        report.decisions.is_empty(),
-        "nothing invalid reached the broker"
-    );
+    // Each was refused before policy, and each left its record.
+    assert_eq!(report.decisions.len(), results.len());
+    for record in &report.decisions {
+        assert_eq!(record.decision.verdict, Verdict::Deny);
+        assert!(record.decision.policies.is_empty(), "{record:?}");
+        assert_eq!(
+            record.decision.reason.as_deref(),
+            Some("the call is malformed and was refused before policy")
+        );
+        assert!(
+            matches!(record.outcome, airlock_host_apis::Outcome::Failed { .. }),
+            "{record:?}"
+        );
+    }
     assert_eq!(server.connections(), 0);
     assert_eq!(resolver.lookups(), 0);
 }

@@ -153,15 +153,25 @@ permit (principal in Airlock::Agent::"root", action, resource);
         .iter()
         .filter(|r| r.decision.verdict == Verdict::Deny)
         .count();
-    let refused_before = results(&report)
+    // Malformed ones (the URL's userinfo) are refused before policy, and
+    // recorded as denials too.
+    assert_eq!(denied, all.len(), "{:?}", decisions(&report));
+    let malformed = report
+        .decisions
         .iter()
-        .filter(|r| r["error"] == "invalid")
+        .filter(|r| {
+            r.decision
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("refused before policy"))
+        })
         .count();
     assert_eq!(
-        denied + refused_before,
-        all.len(),
-        "{:?}",
-        decisions(&report)
+        malformed,
+        results(&report)
+            .iter()
+            .filter(|r| r["error"] == "invalid")
+            .count()
     );
     for record in &report.decisions {
         assert_eq!(record.decision.verdict, Verdict::Deny, "{record:?}");
@@ -369,6 +379,57 @@ async fn what_a_tool_reads_flows_back_into_the_callers_session() {
         last.decision.policies,
         ["base/no-egress-after-confidential-read"]
     );
+}
+
+#[tokio::test]
+async fn labelled_data_copied_elsewhere_keeps_its_label_in_later_runs() {
+    let node = TestNode::new(TOOLS, &[("p.cedar", TOOL_POLICIES)]);
+    let run = |calls_: Value| {
+        let node = &node;
+        async move {
+            let report = node
+                .run(skills::CAPABILITY_PROBE, &calls(calls_), Trust::Medium)
+                .await;
+            assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
+            report
+        }
+    };
+    let egress = json!({"op": "http.fetch", "url": "https://api.example.com/"});
+    run(json!([{"op": "storage.put", "key": "public/clean", "value": "weather"}])).await;
+    // Run 1 reads a confidential key and copies it to an unlabelled one:
+    // everything it writes after the read carries the label.
+    let first = run(json!([
+        {"op": "storage.put", "key": "hr/pay", "value": "120000"},
+        {"op": "storage.get", "key": "hr/pay"},
+        {"op": "storage.put", "key": "public/copy", "value": "120000"},
+    ]))
+    .await;
+    assert!(first.session.labels.contains("confidential"));
+    // Run 2 reads the copy, then calls out: denied as a direct read would be.
+    let second = run(json!([{"op": "storage.get", "key": "public/copy"}, egress])).await;
+    assert_eq!(results(&second)[0], json!({"ok": "120000"}));
+    let last = second.decisions.last().unwrap();
+    assert_eq!(last.decision.verdict, Verdict::Deny);
+    assert_eq!(
+        last.decision.policies,
+        ["base/no-egress-after-confidential-read"]
+    );
+    // Listing the copy's name is reading it too.
+    let listed = run(json!([{"op": "storage.list", "prefix": "public/"}, egress])).await;
+    assert_eq!(
+        listed.decisions.last().unwrap().decision.verdict,
+        Verdict::Deny
+    );
+    // A clean overwrite clears the label; what was never labelled stays clean.
+    run(json!([{"op": "storage.put", "key": "public/copy", "value": "reset"}])).await;
+    for key in ["public/copy", "public/clean"] {
+        let after = run(json!([{"op": "storage.get", "key": key}, egress])).await;
+        assert_eq!(
+            after.decisions.last().unwrap().decision.verdict,
+            Verdict::Allow,
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use airlock_host_apis::http::{Egress, InboundResponse, OutboundRequest};
 use airlock_host_apis::secrets::Credentials;
-use airlock_host_apis::storage::Storage;
+use airlock_host_apis::storage::{Listing, Storage, Stored};
 use airlock_host_apis::tools::{Caller, Tools};
 use airlock_host_apis::{
     Action, Broker, CallError, CapabilityRequest, Decision, Outcome, Prepared, SessionState,
@@ -36,15 +36,22 @@ impl Broker for AllowAll {
 }
 
 #[derive(Default)]
-struct MemoryStorage(Mutex<BTreeMap<String, Vec<u8>>>);
+struct MemoryStorage(Mutex<BTreeMap<String, Stored>>);
 
 #[async_trait::async_trait]
 impl Storage for MemoryStorage {
-    async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, CallError> {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Stored>, CallError> {
         Ok(self.0.lock().unwrap().get(&format!("{ns}/{key}")).cloned())
     }
-    async fn put(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<(), CallError> {
-        self.0.lock().unwrap().insert(format!("{ns}/{key}"), value);
+    async fn put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: Vec<u8>,
+        labels: Vec<String>,
+    ) -> Result<(), CallError> {
+        let stored = Stored { value, labels };
+        self.0.lock().unwrap().insert(format!("{ns}/{key}"), stored);
         Ok(())
     }
     async fn delete(&self, ns: &str, key: &str) -> Result<bool, CallError> {
@@ -55,16 +62,17 @@ impl Storage for MemoryStorage {
             .remove(&format!("{ns}/{key}"))
             .is_some())
     }
-    async fn list(&self, ns: &str, prefix: &str) -> Result<Vec<String>, CallError> {
+    async fn list(&self, ns: &str, prefix: &str) -> Result<Listing, CallError> {
         let prefix = format!("{ns}/{prefix}");
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
-            .map(|k| k[ns.len() + 1..].to_string())
-            .collect())
+        let map = self.0.lock().unwrap();
+        let listed: Vec<_> = map.iter().filter(|(k, _)| k.starts_with(&prefix)).collect();
+        Ok(Listing {
+            keys: listed
+                .iter()
+                .map(|(k, _)| k[ns.len() + 1..].to_string())
+                .collect(),
+            labels: listed.iter().flat_map(|(_, s)| s.labels.clone()).collect(),
+        })
     }
     fn classification(&self, _: &str, key: &str) -> Option<String> {
         key.starts_with("hr/").then(|| "confidential".to_string())

@@ -40,9 +40,27 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// The backend with unlabelled writes and values without their labels.
+struct Plain(StorageHandle);
+
+impl Plain {
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, CallError> {
+        Ok(self.0.get(ns, key).await?.map(|s| s.value))
+    }
+    async fn put(&self, ns: &str, key: &str, value: Vec<u8>) -> Result<(), CallError> {
+        self.0.put(ns, key, value, Vec::new()).await
+    }
+    async fn delete(&self, ns: &str, key: &str) -> Result<bool, CallError> {
+        self.0.delete(ns, key).await
+    }
+    async fn list(&self, ns: &str, prefix: &str) -> Result<Vec<String>, CallError> {
+        Ok(self.0.list(ns, prefix).await?.keys)
+    }
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
-    storage: StorageHandle,
+    storage: Plain,
 }
 
 impl Fixture {
@@ -56,7 +74,10 @@ impl Fixture {
         let storage = StorageHandle(Arc::new(
             DirStorage::open(&dir.path().join("storage"), Arc::new(config)).unwrap(),
         ));
-        Fixture { dir, storage }
+        Fixture {
+            dir,
+            storage: Plain(storage),
+        }
     }
 
     fn root(&self) -> PathBuf {
@@ -221,6 +242,79 @@ async fn a_planted_symlink_is_never_followed() {
 }
 
 #[tokio::test]
+async fn labels_stay_with_the_value_until_a_clean_overwrite_or_delete() {
+    let fx = Fixture::new("");
+    let store = &fx.storage.0;
+    let confidential = vec!["confidential".to_string()];
+    store
+        .put("team", "copy", b"120000".to_vec(), confidential.clone())
+        .await
+        .unwrap();
+    store
+        .put("team", "clean", b"weather".to_vec(), Vec::new())
+        .await
+        .unwrap();
+    let got = store.get("team", "copy").await.unwrap().unwrap();
+    assert_eq!(got.labels, confidential);
+    assert_eq!(
+        store.get("team", "clean").await.unwrap().unwrap().labels,
+        Vec::<String>::new()
+    );
+    let listed = store.list("team", "").await.unwrap();
+    assert_eq!(listed.keys, ["clean", "copy"]);
+    assert_eq!(listed.labels, confidential);
+    assert_eq!(store.list("team", "cl").await.unwrap().labels.len(), 0);
+    // Labels are invisible as keys and outside the key quota's count.
+    store
+        .put("team", "copy", b"reset".to_vec(), Vec::new())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get("team", "copy")
+            .await
+            .unwrap()
+            .unwrap()
+            .labels
+            .is_empty()
+    );
+    store
+        .put("team", "copy", b"again".to_vec(), confidential.clone())
+        .await
+        .unwrap();
+    assert!(store.delete("team", "copy").await.unwrap());
+    store
+        .put("team", "copy", b"new".to_vec(), Vec::new())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get("team", "copy")
+            .await
+            .unwrap()
+            .unwrap()
+            .labels
+            .is_empty()
+    );
+    // A labels file replaced by a symlink is refused, not followed.
+    store
+        .put("team", "copy", b"x".to_vec(), confidential.clone())
+        .await
+        .unwrap();
+    let labels = std::fs::read_dir(fx.root().join("team"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with('l'))
+        .unwrap();
+    std::fs::remove_file(&labels).unwrap();
+    std::os::unix::fs::symlink(fx.dir.path().join("outside/secret.txt"), &labels).unwrap();
+    assert!(matches!(
+        store.get("team", "copy").await,
+        Err(CallError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
 async fn a_symlinked_namespace_directory_is_refused() {
     let fx = Fixture::new("");
     std::fs::create_dir_all(fx.root()).unwrap();
@@ -307,7 +401,7 @@ async fn quotas_count_what_was_already_on_disk() {
         DirStorage::open(&fx.root(), Arc::new(config)).unwrap(),
     ));
     assert!(matches!(
-        again.put("team", "c", b"3".to_vec()).await,
+        again.put("team", "c", b"3".to_vec(), Vec::new()).await,
         Err(CallError::Limit(_))
     ));
 }

@@ -442,7 +442,12 @@ impl Credentials for Vault {
         let deadline = self
             .deadline(&subject.instance)
             .ok_or_else(|| unknown_credential(name))?;
-        let until = earliest(deadline, spec.ttl.map(|ttl| SystemTime::now() + ttl));
+        let now = SystemTime::now();
+        let until = earliest(deadline, spec.ttl.map(|ttl| now + ttl));
+        // An instance past its deadline gets nothing new, not a token born dead.
+        if until <= now {
+            return Err(expired(name, until));
+        }
         let token = self
             .issuer
             .issue(subject, audience, unix(until))
@@ -492,6 +497,12 @@ impl Credentials for Vault {
             state.deadline
         };
         let (lease, live, pending) = self.lease(subject, name, spec, deadline).await?;
+        if SystemTime::now() >= lease.expires {
+            if let Some(pending) = pending {
+                self.exchanger.revoke_later(vec![pending]);
+            }
+            return Err(expired(name, lease.expires));
+        }
         let mut held = self.held();
         let Some(state) = held.get_mut(&subject.instance) else {
             // The instance ended while the lease was being made.

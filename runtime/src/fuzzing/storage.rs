@@ -2,13 +2,14 @@
 //! against the real directory store and an in-memory model gives the same
 //! results; quotas hold; a third namespace whose directory is a symlink out
 //! of the root and a key planted as a symlink are never followed; nothing
-//! outside the namespace roots changes.
+//! outside the namespace roots changes; a value comes back with exactly the
+//! labels its last writer gave it, and a listing with its keys' labels.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use airlock_host_apis::CallError;
-use airlock_host_apis::storage::Storage as _;
+use airlock_host_apis::storage::{Listing, Storage as _, Stored};
 use arbitrary::{Arbitrary, Unstructured};
 
 use super::{Violation, ensure};
@@ -76,7 +77,7 @@ fn key(n: u8) -> String {
 /// The model: what the store should answer.
 #[derive(Default)]
 struct Model {
-    namespaces: BTreeMap<&'static str, BTreeMap<String, Vec<u8>>>,
+    namespaces: BTreeMap<&'static str, BTreeMap<String, Stored>>,
 }
 
 impl Model {
@@ -84,7 +85,13 @@ impl Model {
         (empty_ok || !key.is_empty()) && key.len() <= MAX_KEY && !key.chars().any(char::is_control)
     }
 
-    fn put(&mut self, ns: &'static str, key: &str, value: &[u8]) -> Result<(), &'static str> {
+    fn put(
+        &mut self,
+        ns: &'static str,
+        key: &str,
+        value: &[u8],
+        labels: &[String],
+    ) -> Result<(), &'static str> {
         if !Self::valid(key, false) {
             return Err("invalid");
         }
@@ -95,14 +102,27 @@ impl Model {
             return Err("unavailable");
         }
         let map = self.namespaces.entry(ns).or_default();
-        let old = map.get(key).map_or(0, Vec::len) as u64;
+        let old = map.get(key).map_or(0, |s| s.value.len()) as u64;
         let keys = map.len() as u64 + u64::from(!map.contains_key(key));
-        let bytes = map.values().map(|v| v.len() as u64).sum::<u64>() - old + value.len() as u64;
+        let bytes =
+            map.values().map(|s| s.value.len() as u64).sum::<u64>() - old + value.len() as u64;
         if keys > MAX_KEYS || bytes > MAX_BYTES {
             return Err("limit");
         }
-        map.insert(key.to_string(), value.to_vec());
+        let stored = Stored {
+            value: value.to_vec(),
+            labels: labels.to_vec(),
+        };
+        map.insert(key.to_string(), stored);
         Ok(())
+    }
+}
+
+fn labels_for(fill: u8) -> Vec<String> {
+    if fill % 2 == 1 {
+        vec!["confidential".to_string()]
+    } else {
+        Vec::new()
     }
 }
 
@@ -162,7 +182,7 @@ async fn run(ops: Vec<Op>) -> Result<(), Violation> {
                 let got = store.get(ns, &key).await;
                 if key == "ln" || ns == "c" {
                     ensure!(
-                        !matches!(&got, Ok(Some(v)) if v == OUTSIDE),
+                        !matches!(&got, Ok(Some(s)) if s.value == OUTSIDE),
                         "get {ns}/{key} read a file outside the store"
                     );
                     continue;
@@ -188,8 +208,10 @@ async fn run(ops: Vec<Op>) -> Result<(), Violation> {
                     continue;
                 }
                 let value = vec![fill; usize::from(len % 40)];
-                let got = store.put(ns, &key, value.clone()).await;
-                let want = model.put(ns, &key, &value);
+                // Odd fills are written by a session that read labelled data.
+                let labels = labels_for(fill);
+                let got = store.put(ns, &key, value.clone(), labels.clone()).await;
+                let want = model.put(ns, &key, &value, &labels);
                 ensure!(
                     got.as_ref().map_err(kind) == want.as_ref().map_err(|e| *e),
                     "put {ns}/{key:?} ({} bytes): store {got:?}, model {want:?}",
@@ -202,8 +224,8 @@ async fn run(ops: Vec<Op>) -> Result<(), Violation> {
                     continue;
                 }
                 let value = vec![b'r'; usize::from(len % 40)];
-                let got = store.put(ns, &key, value.clone()).await;
-                let want = model.put(ns, &key, &value);
+                let got = store.put(ns, &key, value.clone(), Vec::new()).await;
+                let want = model.put(ns, &key, &value, &[]);
                 ensure!(
                     got.as_ref().map_err(kind) == want.as_ref().map_err(|e| *e),
                     "put {ns}/{key:?}: store {got:?}, model {want:?}"
@@ -238,25 +260,27 @@ async fn run(ops: Vec<Op>) -> Result<(), Violation> {
                     .copied()
                     .unwrap_or("");
                 let got = store.list(ns, prefix).await;
-                let want: Result<Vec<String>, &str> = if ns == "c" {
+                let want: Result<Listing, &str> = if ns == "c" {
                     Err("unavailable")
                 } else {
-                    let mut keys: Vec<String> = model
+                    let listed: Vec<(&String, &Stored)> = model
                         .namespaces
                         .get(ns)
-                        .map(|m| {
-                            m.keys()
-                                .filter(|k| k.starts_with(prefix))
-                                .cloned()
-                                .collect()
-                        })
+                        .map(|m| m.iter().filter(|(k, _)| k.starts_with(prefix)).collect())
                         .unwrap_or_default();
+                    let mut keys: Vec<String> = listed.iter().map(|(k, _)| (*k).clone()).collect();
+                    let mut labels: Vec<String> = listed
+                        .iter()
+                        .flat_map(|(_, s)| s.labels.iter().cloned())
+                        .collect();
+                    labels.sort();
+                    labels.dedup();
                     // The planted link has a key's name; it lists, never reads.
                     if ns == "a" && "ln".starts_with(prefix) {
                         keys.push("ln".into());
                         keys.sort();
                     }
-                    Ok(keys)
+                    Ok(Listing { keys, labels })
                 };
                 ensure!(
                     got.as_ref().map_err(kind) == want.as_ref().map_err(|e| *e),
