@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// Bytes of each linear memory to keep resident (reset with `memset`
     /// instead of `madvise`) when a pool slot is reused.
     pub keep_resident: usize,
+    /// Compiled skills kept in memory; past this, the longest-kept is
+    /// dropped (and compiled or read from the cache again when next used).
+    pub max_loaded: usize,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             cache_dir: None,
             epoch_tick: Duration::from_millis(5),
             keep_resident: 1 << 20,
+            max_loaded: 512,
         }
     }
 }
@@ -128,7 +132,7 @@ pub struct Engine {
     engine: wasmtime::Engine,
     linker: Linker<InstanceState>,
     cache: Option<ArtifactCache>,
-    skills: Mutex<HashMap<SkillDigest, Arc<LoadedSkill>>>,
+    skills: Mutex<Loaded>,
     config: EngineConfig,
     _ticker: EpochTicker,
 }
@@ -195,7 +199,7 @@ impl Engine {
             engine,
             linker,
             cache,
-            skills: Mutex::new(HashMap::new()),
+            skills: Mutex::new(Loaded::default()),
             config,
             _ticker: ticker,
         })
@@ -254,13 +258,14 @@ impl Engine {
             pre,
             source,
         });
-        self.lock_skills().insert(digest, skill.clone());
+        self.lock_skills()
+            .insert(digest, skill.clone(), self.config.max_loaded);
         Ok(skill)
     }
 
     /// A skill already loaded in this process, by digest.
     pub fn loaded(&self, digest: &SkillDigest) -> Option<Arc<LoadedSkill>> {
-        self.lock_skills().get(digest).map(|skill| {
+        self.lock_skills().map.get(digest).map(|skill| {
             Arc::new(LoadedSkill {
                 inspection: skill.inspection.clone(),
                 pre: skill.pre.clone(),
@@ -269,8 +274,29 @@ impl Engine {
         })
     }
 
-    fn lock_skills(&self) -> std::sync::MutexGuard<'_, HashMap<SkillDigest, Arc<LoadedSkill>>> {
+    fn lock_skills(&self) -> std::sync::MutexGuard<'_, Loaded> {
         self.skills.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Compiled skills in memory, oldest first.
+#[derive(Default)]
+struct Loaded {
+    map: HashMap<SkillDigest, Arc<LoadedSkill>>,
+    order: std::collections::VecDeque<SkillDigest>,
+}
+
+impl Loaded {
+    fn insert(&mut self, digest: SkillDigest, skill: Arc<LoadedSkill>, max: usize) {
+        if self.map.insert(digest, skill).is_none() {
+            self.order.push_back(digest);
+        }
+        while self.map.len() > max.max(1) {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
     }
 }
 

@@ -198,7 +198,12 @@ pub struct Vault {
     issuer: Arc<Issuer>,
     exchanger: Arc<Exchanger>,
     held: Mutex<HashMap<String, Held>>,
+    /// The time leases and tokens are measured against.
+    clock: Clock,
 }
+
+/// A source of the current time.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -235,6 +240,16 @@ fn earliest(a: SystemTime, b: Option<SystemTime>) -> SystemTime {
 }
 
 impl Vault {
+    /// Measure leases and tokens against `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> SystemTime {
+        (self.clock)()
+    }
+
     /// Build the vault from the configuration. Static values are read now.
     /// `client` reaches the operator's token endpoints; pending revocations
     /// left by an earlier run of the runtime are retried in the background.
@@ -294,6 +309,7 @@ impl Vault {
             issuer,
             exchanger,
             held: Mutex::default(),
+            clock: Arc::new(SystemTime::now),
         })
     }
 
@@ -337,7 +353,7 @@ impl Vault {
         spec: &Spec,
         deadline: SystemTime,
     ) -> Result<(Lease, Option<Live>, Option<Pending>), CallError> {
-        let now = SystemTime::now();
+        let now = self.now();
         let until = earliest(deadline, spec.ttl.map(|ttl| now + ttl));
         let unavailable = |why: &str| {
             CallError::Unavailable(format!("credential `{name}` is unavailable: {why}"))
@@ -442,7 +458,7 @@ impl Credentials for Vault {
         let deadline = self
             .deadline(&subject.instance)
             .ok_or_else(|| unknown_credential(name))?;
-        let now = SystemTime::now();
+        let now = self.now();
         let until = earliest(deadline, spec.ttl.map(|ttl| now + ttl));
         // An instance past its deadline gets nothing new, not a token born dead.
         if until <= now {
@@ -488,7 +504,7 @@ impl Credentials for Vault {
                 .ok_or_else(|| unknown_credential(name))?;
             if let Some(lease) = state.leases.get(name) {
                 // Checked now, at injection: a lease is never used late.
-                return if SystemTime::now() < lease.expires {
+                return if self.now() < lease.expires {
                     Ok(lease.attached.clone())
                 } else {
                     Err(expired(name, lease.expires))
@@ -497,7 +513,7 @@ impl Credentials for Vault {
             state.deadline
         };
         let (lease, live, pending) = self.lease(subject, name, spec, deadline).await?;
-        if SystemTime::now() >= lease.expires {
+        if self.now() >= lease.expires {
             if let Some(pending) = pending {
                 self.exchanger.revoke_later(vec![pending]);
             }

@@ -10,7 +10,9 @@
 pub mod admission;
 pub mod api;
 pub mod audit;
+pub mod broker;
 pub mod egress;
+pub mod guest;
 pub mod policy;
 pub mod storage;
 
