@@ -483,7 +483,11 @@ pub async fn fetch(
         }
         let attached = match &request.credential {
             Some(name) => {
-                let use_permit = broker.authorize(request.secret_use_request(name)).await?;
+                let use_permit = match broker.authorize(request.secret_use_request(name)).await {
+                    Ok(permit) => permit,
+                    // The request fails with the credential's denial, on the record too.
+                    Err(e) => return permit.conclude(Err(e), |_: &InboundResponse| None),
+                };
                 let attached = out
                     .credentials
                     .attach(broker.subject(), name, &request)

@@ -162,18 +162,48 @@ impl Node {
     ) -> Result<(SkillRecord, bool), Error> {
         let store = self.skills()?.clone();
         let digest = SkillDigest::of(&bytes);
-        let signed_by = check_signature(
+        let who = (
+            submission.name.clone(),
+            submission.agent.clone(),
+            submission.submitter.clone(),
+        );
+        let admitted = match check_signature(
             &digest,
             submission.signature.as_deref(),
             &self.trusted_keys,
             self.config().admission.require_signature,
-        )?;
-        let engine = self.engine().clone();
-        let (record, fresh) = blocking(move || {
-            let loaded = engine.load(&bytes)?;
-            store.admit(&bytes, &loaded.inspection, &submission, signed_by)
-        })
-        .await?;
+        ) {
+            Ok(signed_by) => {
+                let engine = self.engine().clone();
+                blocking(move || {
+                    let loaded = engine.load(&bytes)?;
+                    store.admit(&bytes, &loaded.inspection, &submission, signed_by)
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let (record, fresh) = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                // A refused submission is on the record too: who tried what.
+                if matches!(
+                    e,
+                    Error::Rejected(_) | Error::Incompatible(_) | Error::Admission(_)
+                ) {
+                    self.record(vec![json!({
+                        "kind": "skill.refuse",
+                        "digest": digest,
+                        "skill": who.0,
+                        "agent": who.1,
+                        "submitter": who.2,
+                        "reason": e.to_string(),
+                    })])
+                    .await?;
+                }
+                return Err(e);
+            }
+        };
         if fresh {
             self.record(vec![json!({
                 "kind": "skill.admit",

@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use airlock_host_apis::Subject;
 use arbitrary::{Arbitrary, Unstructured};
+use serde::Deserialize;
 use wasm_encoder::{
     BlockType, CodeSection, ConstExpr, DataSection, EntityType, ExportKind, ExportSection,
     Function, FunctionSection, GlobalSection, GlobalType, ImportSection, Instruction, MemArg,
-    MemorySection, MemoryType, Module, TypeSection, ValType,
+    MemorySection, MemoryType, Module, RefType, TableSection, TableType, TypeSection, ValType,
 };
 
 use super::broker::{Memory, Rules};
@@ -78,8 +79,9 @@ const STRINGS: &[&str] = &[
 ];
 
 /// A string argument: a pointer and a length.
-#[derive(Debug, Arbitrary)]
-enum Text {
+#[derive(Debug, Arbitrary, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Text {
     /// One of [`STRINGS`].
     Known(u8),
     /// A slice of the fuzzer's data.
@@ -91,14 +93,17 @@ enum Text {
 }
 
 /// A return-area pointer.
-#[derive(Debug, Arbitrary)]
-enum Ret {
+#[derive(Debug, Arbitrary, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Ret {
     Scratch(u8),
     Wild(u32),
 }
 
-#[derive(Debug, Arbitrary)]
-enum Call {
+/// A call of one of the world's imports.
+#[derive(Debug, Arbitrary, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Call {
     Log {
         level: u8,
         message: Text,
@@ -140,8 +145,10 @@ enum Call {
     },
 }
 
-#[derive(Debug, Arbitrary)]
-enum Op {
+/// One step of `run`.
+#[derive(Debug, Arbitrary, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Op {
     Call(Call),
     /// The call, `times` times (`u16::MAX`: until stopped).
     Repeat {
@@ -150,6 +157,10 @@ enum Op {
     },
     Grow {
         pages: u8,
+    },
+    /// Grow the function table by `elements`.
+    GrowTable {
+        elements: u32,
     },
     Store {
         addr: u32,
@@ -162,8 +173,10 @@ enum Op {
     Trap,
 }
 
-#[derive(Debug, Arbitrary)]
-enum Outcome {
+/// What `run` returns.
+#[derive(Debug, Arbitrary, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Outcome {
     Ok(Text),
     Err(Text),
     /// A result area anywhere, with any discriminant.
@@ -173,14 +186,22 @@ enum Outcome {
     },
 }
 
-#[derive(Debug, Arbitrary)]
-struct Guest {
-    pages: u8,
-    data: Vec<u8>,
+/// A guest to generate: also how the hostile-skill catalogue describes
+/// the attacks no Rust guest makes.
+#[derive(Debug, Arbitrary, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guest {
+    /// Initial memory, in pages past the first (at most 3).
+    #[serde(default)]
+    pub pages: u8,
+    /// Bytes placed in memory for `data` texts.
+    #[serde(default)]
+    pub data: Vec<u8>,
     /// `cabi_realloc` answers with this instead of allocating.
-    lying_realloc: Option<u32>,
-    ops: Vec<Op>,
-    outcome: Outcome,
+    #[serde(default)]
+    pub lying_realloc: Option<u32>,
+    pub ops: Vec<Op>,
+    pub outcome: Outcome,
 }
 
 // Function indices: the imports in this order, then the defined functions.
@@ -352,6 +373,12 @@ impl Guest {
                     f.instruction(&Instruction::MemoryGrow(0));
                     f.instruction(&Instruction::Drop);
                 }
+                Op::GrowTable { elements } => {
+                    f.instruction(&Instruction::RefNull(wasm_encoder::HeapType::FUNC));
+                    f.instruction(&Instruction::I32Const(*elements as i32));
+                    f.instruction(&Instruction::TableGrow(0));
+                    f.instruction(&Instruction::Drop);
+                }
                 Op::Store { addr, value } => {
                     f.instruction(&Instruction::I32Const(*addr as i32));
                     f.instruction(&Instruction::I32Const(i32::from(*value)));
@@ -476,6 +503,14 @@ impl Guest {
         }
         let mut functions = FunctionSection::new();
         functions.function(3).function(4).function(5);
+        let mut tables = TableSection::new();
+        tables.table(TableType {
+            element_type: RefType::FUNCREF,
+            minimum: 1,
+            maximum: None,
+            table64: false,
+            shared: false,
+        });
         let mut memories = MemorySection::new();
         memories.memory(MemoryType {
             minimum: 1 + u64::from(self.pages % 4),
@@ -510,6 +545,7 @@ impl Guest {
             .section(&types)
             .section(&imports)
             .section(&functions)
+            .section(&tables)
             .section(&memories)
             .section(&globals)
             .section(&exports)
@@ -542,7 +578,7 @@ fn world() -> Result<&'static (wit_parser::Resolve, wit_parser::WorldId), Violat
 }
 
 /// The component for a generated guest.
-fn component(guest: &Guest) -> Result<Vec<u8>, Violation> {
+pub fn component(guest: &Guest) -> Result<Vec<u8>, Violation> {
     let (resolve, world) = world()?;
     let mut module = guest.module();
     wit_component::embed_component_metadata(
