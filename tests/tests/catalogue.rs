@@ -415,13 +415,10 @@ async fn carry_out(name: &str, dir: &Path, case: &Case) -> (Expected, Vec<String
     );
     let mut resolve = vec![("localhost".to_string(), vec!["127.0.0.1".parse().unwrap()])];
     resolve.extend(attack.resolve.clone());
-    let policies = vec![("attack.cedar", case.fill(&attack.policy))];
+    let policy = case.fill(&attack.policy);
     let node = TestNode::with_resolver(
         &case.fill(&attack.config),
-        &policies
-            .iter()
-            .map(|(n, t)| (*n, t.as_str()))
-            .collect::<Vec<_>>(),
+        &[("attack.cedar", policy.as_str())],
         Arc::new(StaticResolver::new(resolve)),
     );
     let mut problems = Vec::new();
