@@ -460,8 +460,9 @@ impl Credentials for Vault {
             .ok_or_else(|| unknown_credential(name))?;
         let now = self.now();
         let until = earliest(deadline, spec.ttl.map(|ttl| now + ttl));
-        // An instance past its deadline gets nothing new, not a token born dead.
-        if until <= now {
+        // An instance past its deadline gets nothing new, not a token born
+        // dead (a token's expiry is in whole seconds).
+        if until <= now || unix(until) <= unix(now) {
             return Err(expired(name, until));
         }
         let token = self

@@ -42,10 +42,10 @@ use crate::identity::Issuer;
 /// The static credential's value: it may only ever be its bound header.
 pub const SENTINEL: &str = "sk-FUZZ-SENTINEL-3b9e17c04d2a";
 const BOUND: &str = "https://bound.test/bound/echo";
-/// Seconds from the start to the instance's deadline.
-const DEADLINE: u64 = 10;
-/// Seconds a static lease lives.
-const STATIC_TTL: u64 = 3;
+/// Milliseconds from the start to the instance's deadline.
+const DEADLINE: u64 = 10_000;
+/// Milliseconds a static lease lives.
+const STATIC_TTL: u64 = 3_000;
 const INSTANCE: &str = "i-fuzz";
 
 #[derive(Debug, Arbitrary)]
@@ -239,7 +239,7 @@ fn config() -> Result<&'static Config, Violation> {
 kind = "static"
 file = {file:?}
 destination = "https://bound.test/bound"
-ttl = "{STATIC_TTL}s"
+ttl = "{STATIC_TTL}ms"
 
 [credentials.id]
 kind = "minted"
@@ -289,10 +289,12 @@ struct Case {
     logs: LogBuffer,
     vault: Arc<Vault>,
     capture: Arc<Capture>,
-    /// Seconds the credential clock is ahead of the start.
+    /// Seconds the credential clock is ahead of the real one.
     clock: Arc<AtomicU64>,
+    started: std::time::Instant,
     ended: bool,
-    /// When the static credential was first attached (its lease began).
+    /// When the first attachment of the static credential was over: its
+    /// lease began no later.
     leased_at: Option<u64>,
     /// Minted tokens and the host each may go to.
     tokens: Vec<(String, String)>,
@@ -311,7 +313,7 @@ async fn run(ops: Vec<Op>) -> Result<Summary, Violation> {
         Vault::new(config, issuer, capture.clone(), None)
             .map_err(|e| Violation(format!("vault: {e}")))?
             .with_clock(Arc::new(move || {
-                start + Duration::from_secs(clock.load(Ordering::Relaxed))
+                SystemTime::now() + Duration::from_secs(clock.load(Ordering::Relaxed))
             }))
     };
     let vault = Arc::new(vault);
@@ -321,7 +323,7 @@ async fn run(ops: Vec<Op>) -> Result<Summary, Violation> {
     };
     subject.skill.name = "probe".into();
     let subject = Arc::new(subject);
-    vault.started(&subject, start + Duration::from_secs(DEADLINE));
+    vault.started(&subject, start + Duration::from_millis(DEADLINE));
     let ledger = Ledger::default();
     let logs = LogBuffer::new(INSTANCE, 1 << 20);
     let credentials: Arc<dyn Credentials> = vault.clone();
@@ -351,6 +353,7 @@ async fn run(ops: Vec<Op>) -> Result<Summary, Violation> {
         vault,
         capture,
         clock,
+        started: std::time::Instant::now(),
         ended: false,
         leased_at: None,
         tokens: Vec::new(),
@@ -363,8 +366,11 @@ async fn run(ops: Vec<Op>) -> Result<Summary, Violation> {
 }
 
 impl Case {
+    /// Milliseconds since the start on the credential clock: real time
+    /// and every advance.
     fn now(&self) -> u64 {
-        self.clock.load(Ordering::Relaxed)
+        let real = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        real.saturating_add(self.clock.load(Ordering::Relaxed).saturating_mul(1000))
     }
 
     fn token(&self) -> String {
@@ -388,6 +394,8 @@ impl Case {
 
     async fn step(&mut self, op: Op) -> Result<(), Violation> {
         let before = self.ledger.records().len();
+        // The vault decides between these two instants.
+        let t0 = self.now();
         // The guest's view of each call, unless it put the sentinel there.
         let mut shown: Option<String> = None;
         let expected: Option<Action>;
@@ -459,9 +467,8 @@ impl Case {
                 match result {
                     Ok(token) => {
                         ensure!(
-                            !self.ended && self.now() < DEADLINE,
-                            "`{name}` minted at {}s (deadline {DEADLINE}s, ended {})",
-                            self.now(),
+                            !self.ended && t0 < DEADLINE,
+                            "`{name}` minted at {t0} ms (deadline {DEADLINE} ms, ended {})",
                             self.ended
                         );
                         ensure!(
@@ -557,7 +564,7 @@ impl Case {
             );
         }
         self.check_records(before, expected, credential_named)?;
-        self.check_sent()
+        self.check_sent(t0)
     }
 
     fn check_records(
@@ -590,16 +597,22 @@ impl Case {
     }
 
     /// Every request sent since the last look.
-    fn check_sent(&mut self) -> Result<(), Violation> {
+    fn check_sent(&mut self, t0: u64) -> Result<(), Violation> {
         let sent: Vec<Sent> = self
             .capture
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let now = self.now();
+        let t1 = self.now();
         for request in sent.get(self.seen..).unwrap_or_default() {
-            judge(request, now, self.ended, &mut self.leased_at, &self.tokens)?;
+            judge(
+                request,
+                (t0, t1),
+                self.ended,
+                &mut self.leased_at,
+                &self.tokens,
+            )?;
         }
         self.seen = sent.len();
         Ok(())
@@ -635,9 +648,10 @@ impl Case {
 
 /// One request that left: the sentinel only as the bound header at the
 /// bound destination while the lease is live; tokens only to their hosts.
+/// `(t0, t1)`: the credential clock before and after the call, in ms.
 fn judge(
     request: &Sent,
-    now: u64,
+    (t0, t1): (u64, u64),
     ended: bool,
     leased_at: &mut Option<u64>,
     tokens: &[(String, String)],
@@ -666,12 +680,15 @@ fn judge(
         request.url
     );
     if attached {
-        let leased_at = *leased_at.get_or_insert(now);
+        // Sound on both sides: the vault looked at its clock after t0, and
+        // the lease began before t1 of the first attachment.
+        let lease_end = leased_at.map_or(u64::MAX, |at| at + STATIC_TTL);
         ensure!(
-            !ended && now < DEADLINE && now < leased_at + STATIC_TTL,
-            "the static credential was attached at {now}s: lease from {leased_at}s \
-             for {STATIC_TTL}s, deadline {DEADLINE}s, ended {ended}"
+            !ended && t0 < DEADLINE && t0 < lease_end,
+            "the static credential was attached at {t0} ms: lease until {lease_end} ms, \
+             deadline {DEADLINE} ms, ended {ended}"
         );
+        leased_at.get_or_insert(t1);
     }
     let text = format!(
         "{} {:?} {}",
@@ -795,13 +812,15 @@ mod tests {
         let bound = request(BOUND, &[("authorization", &bearer)], "");
         let tokens = vec![("tok-123".to_string(), "bound.test".to_string())];
         let mut leased = None;
-        assert!(judge(&bound, 0, false, &mut leased, &tokens).is_ok());
-        assert_eq!(leased, Some(0));
-        assert!(judge(&bound, 2, false, &mut leased, &tokens).is_ok());
+        assert!(judge(&bound, (0, 5), false, &mut leased, &tokens).is_ok());
+        assert_eq!(leased, Some(5));
+        assert!(judge(&bound, (2000, 2001), false, &mut leased, &tokens).is_ok());
         // Past the lease, past the deadline, after the end.
-        assert!(judge(&bound, 3, false, &mut Some(0), &tokens).is_err());
-        assert!(judge(&bound, DEADLINE, false, &mut None, &tokens).is_err());
-        assert!(judge(&bound, 0, true, &mut None, &tokens).is_err());
+        let late = (STATIC_TTL + 5, STATIC_TTL + 6);
+        assert!(judge(&bound, late, false, &mut Some(5), &tokens).is_err());
+        let after = (DEADLINE, DEADLINE + 1);
+        assert!(judge(&bound, after, false, &mut None, &tokens).is_err());
+        assert!(judge(&bound, (0, 1), true, &mut None, &tokens).is_err());
         let elsewhere = [
             request(
                 "https://other.test/bound/echo",
@@ -825,7 +844,7 @@ mod tests {
         ];
         for out in elsewhere {
             assert!(
-                judge(&out, 0, false, &mut None, &tokens).is_err(),
+                judge(&out, (0, 1), false, &mut None, &tokens).is_err(),
                 "{out:?}"
             );
         }
