@@ -104,6 +104,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("wasi:random", &["random", "insecure", "insecure-seed"]),
     ("wasi:filesystem", &["types", "preopens"]),
     ("wasi:http", &["types", "outgoing-handler"]),
+    // Imported by interpreters; linked with every network use off.
+    (
+        "wasi:sockets",
+        &[
+            "network",
+            "instance-network",
+            "ip-name-lookup",
+            "tcp",
+            "tcp-create-socket",
+            "udp",
+            "udp-create-socket",
+        ],
+    ),
 ];
 
 /// Supported package versions, by major.minor.
@@ -133,6 +146,19 @@ fn hint(package: &str) -> String {
               language runtime needs"
             .to_string(),
     }
+}
+
+/// The first `wasi:sockets` import, for operators who refuse them outright
+/// (`admission.refuse_socket_imports`).
+pub fn socket_import(inspection: &Inspection) -> Option<Rejection> {
+    inspection
+        .imports
+        .iter()
+        .find(|name| name.starts_with("wasi:sockets/"))
+        .map(|name| Rejection::ForbiddenImport {
+            name: airlock_host_apis::escape(name, 200),
+            hint: hint("wasi:sockets"),
+        })
 }
 
 /// Check one import name against the allowed set.
@@ -285,10 +311,12 @@ mod tests {
     }
 
     #[test]
-    fn sockets_and_unknown_interfaces_are_refused_by_name() {
+    fn unknown_interfaces_are_refused_by_name() {
+        // Sockets are linked with networking off (see `instance::linker`).
+        assert_eq!(check_import("wasi:sockets/tcp@0.2.0"), Ok(None));
         for name in [
-            "wasi:sockets/tcp@0.2.0",
-            "wasi:sockets/ip-name-lookup@0.2.3",
+            "wasi:sockets/tcp@0.3.0",
+            "wasi:sockets/raw-socket@0.2.0",
             "wasi:http/incoming-handler@0.2.0",
             "wasi:cli/run@0.2.0",
             "airlock:skill/http@0.2.0",

@@ -60,13 +60,16 @@ impl SkillView for InstanceState {
 
 /// Link what a skill may import: `airlock:skill`, `wasi:http` through the
 /// broker, and the WASI interfaces a language runtime needs, with nothing
-/// behind them. `wasi:sockets` is not linked at all.
+/// behind them. `wasi:sockets` is linked because interpreters (CPython,
+/// StarlingMonkey) import it whatever the skill does, with every network use
+/// turned off: no socket can be created and no name looked up.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<InstanceState>> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
     use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random};
+    use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, random, sockets};
     use wasmtime_wasi::random::WasiRandom;
+    use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 
     type T = InstanceState;
     let mut linker = Linker::new(engine);
@@ -90,6 +93,13 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<InstanceStat
     cli::terminal_stderr::add_to_linker::<T, WasiCli>(l, T::cli)?;
     filesystem::types::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
     filesystem::preopens::add_to_linker::<T, WasiFilesystem>(l, T::filesystem)?;
+    sockets::tcp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::udp::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::udp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::tcp_create_socket::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::instance_network::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
+    sockets::network::add_to_linker::<T, WasiSockets>(l, &Default::default(), T::sockets)?;
+    sockets::ip_name_lookup::add_to_linker::<T, WasiSockets>(l, T::sockets)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(l)?;
     Ok(linker)
 }

@@ -241,9 +241,21 @@ impl Node {
     /// async executor.
     pub async fn load(&self, bytes: Vec<u8>) -> Result<Arc<LoadedSkill>, Error> {
         let engine = self.engine.clone();
-        tokio::task::spawn_blocking(move || engine.load(&bytes))
+        let skill = tokio::task::spawn_blocking(move || engine.load(&bytes))
             .await
-            .map_err(|e| Error::Engine(format!("loading a skill: {e}")))?
+            .map_err(|e| Error::Engine(format!("loading a skill: {e}")))??;
+        self.allowed_imports(&skill.inspection)?;
+        Ok(skill)
+    }
+
+    /// What this operator allows beyond the engine: sockets, unless refused.
+    fn allowed_imports(&self, inspection: &crate::Inspection) -> Result<(), Error> {
+        if self.config().admission.refuse_socket_imports
+            && let Some(rejection) = crate::inspect::socket_import(inspection)
+        {
+            return Err(Error::Rejected(rejection));
+        }
+        Ok(())
     }
 
     /// Run a loaded skill once.

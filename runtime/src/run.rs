@@ -442,9 +442,15 @@ impl Engine {
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.resource_table as usize);
         let state = InstanceState {
+            // Sockets are linked for interpreters that import them; none
+            // can be made, bound or connected, and no name resolves.
             wasi: WasiCtxBuilder::new()
                 .stdout(logs.pipe(Source::Stdout))
                 .stderr(logs.pipe(Source::Stderr))
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .socket_addr_check(|_, _| Box::pin(async { false }))
                 .build(),
             http: WasiHttpCtx::new(),
             standard_http: StandardHttp::new(broker.clone(), http.clone()),

@@ -149,7 +149,7 @@ async fn a_flipped_byte_in_the_stored_component_is_refused_at_load() {
 
 #[tokio::test]
 async fn admission_refuses_what_the_engine_would_refuse_and_stores_nothing() {
-    let node = TestNode::new("", &[]);
+    let node = TestNode::new("[admission]\nrefuse_socket_imports = true\n", &[]);
     let err = node
         .node
         .admit(wasm(skills::RAW_SOCKET), submission("raw-socket"))

@@ -50,6 +50,7 @@ const REQUIRED: &[&str] = &[
     "network/redirects",
     "network/header-injection",
     "network/standard-http",
+    "network/raw-sockets",
     "secrets/unbound-destination",
     "secrets/url-body-headers",
     "secrets/storage",
@@ -161,6 +162,9 @@ struct RunOutcome {
     /// Each probe call's result: `ok`, `ok: <value>` or `<kind>: <message>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     results: Vec<String>,
+    /// The skill's own error, when it returned one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 fn submission(name: &str) -> Submission {
@@ -452,6 +456,7 @@ async fn carry_out(name: &str, dir: &Path, case: &Case) -> (Expected, Vec<String
     };
     if let Some(path) = &path
         && attack.skill.as_deref() == Some("raw-socket")
+        && attack.run.is_empty()
     {
         let bytes = airlock_tests::wasm(&path.display().to_string());
         match node.node.admit(bytes, submission(name)).await {
@@ -517,6 +522,9 @@ async fn carry_out(name: &str, dir: &Path, case: &Case) -> (Expected, Vec<String
                     .and_then(|e| e.limit)
                     .map(|l| json_str(&serde_json::to_value(l).unwrap())),
                 results,
+                error: (report.status == RunStatus::SkillError)
+                    .then(|| report.error.as_ref().map(|e| case.normalize(&e.message)))
+                    .flatten(),
             });
             reports.push(report);
         }

@@ -112,12 +112,20 @@ fn usage_errors_exit_2_with_a_plain_sentence() {
 
 #[test]
 fn rejected_skills_exit_3_naming_the_problem() {
-    let out = airlock(&["run", "--dev", skills::RAW_SOCKET]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("airlock.toml");
+    std::fs::write(&config, "[admission]\nrefuse_socket_imports = true\n").unwrap();
+    let out = airlock(&[
+        "run",
+        "--dev",
+        skills::RAW_SOCKET,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("imports `wasi:sockets/"), "{stderr}");
 
-    let dir = tempfile::tempdir().unwrap();
     let core = dir.path().join("core.wasm");
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let out = airlock(&["run", "--dev", core.to_str().unwrap(), "--json"]);

@@ -158,7 +158,31 @@ async fn ambient_probe() {
 
 #[tokio::test]
 async fn raw_socket() {
-    match airlock_tests::load(skills::RAW_SOCKET) {
+    // Sockets are linked with every network use off: the connection fails
+    // before a packet leaves, and no name resolves.
+    let server = airlock_tests::server::TestServer::start().await;
+    let input = format!("\"127.0.0.1:{}\"", server.addr.port());
+    for (input, expected) in [
+        (input.as_str(), "Permission denied"),
+        ("\"example.com:80\"", "lookup"),
+    ] {
+        let report = run(skills::RAW_SOCKET, input).await;
+        assert_eq!(report.status, RunStatus::SkillError, "{report:?}");
+        let message = report.error.map(|e| e.message).unwrap_or_default();
+        assert!(message.contains(expected), "{message}");
+        assert!(
+            report.decisions.is_empty(),
+            "sockets never reach the broker"
+        );
+    }
+    assert_eq!(server.connections(), 0);
+    // An operator may refuse the import outright.
+    let node = airlock_tests::TestNode::new("[admission]\nrefuse_socket_imports = true\n", &[]);
+    match node
+        .node
+        .load(airlock_tests::wasm(skills::RAW_SOCKET))
+        .await
+    {
         Err(Error::Rejected(Rejection::ForbiddenImport { name, hint })) => {
             assert!(name.starts_with("wasi:sockets/"), "{name}");
             assert!(hint.contains("airlock:skill/http"), "{hint}");

@@ -229,6 +229,10 @@ pub struct AdmissionConfig {
     pub quarantine_after: u32,
     #[serde(with = "crate::limits::humantime_serde")]
     pub quarantine_window: Duration,
+    /// Refuse components that import `wasi:sockets` at all. Off by default:
+    /// interpreters import it whatever the skill does, and it is linked with
+    /// every network use turned off.
+    pub refuse_socket_imports: bool,
 }
 
 impl Default for AdmissionConfig {
@@ -240,6 +244,7 @@ impl Default for AdmissionConfig {
             max_expiry: Duration::from_secs(90 * 24 * 3600),
             quarantine_after: 20,
             quarantine_window: Duration::from_secs(60),
+            refuse_socket_imports: false,
         }
     }
 }

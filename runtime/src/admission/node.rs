@@ -175,8 +175,14 @@ impl Node {
         ) {
             Ok(signed_by) => {
                 let engine = self.engine().clone();
+                let refuse_sockets = self.config().admission.refuse_socket_imports;
                 blocking(move || {
                     let loaded = engine.load(&bytes)?;
+                    if refuse_sockets
+                        && let Some(rejection) = crate::inspect::socket_import(&loaded.inspection)
+                    {
+                        return Err(Error::Rejected(rejection));
+                    }
                     store.admit(&bytes, &loaded.inspection, &submission, signed_by)
                 })
                 .await
