@@ -32,6 +32,18 @@ pub use broker::{
 };
 pub use stack::{OnThreadStack, ThreadStack};
 
+/// The `airlock:skill` WIT, file by file: what skill projects are built
+/// against and what the host's bindings are generated from.
+pub const WIT: &[(&str, &str)] = &[
+    ("world.wit", include_str!("../wit/world.wit")),
+    ("types.wit", include_str!("../wit/types.wit")),
+    ("http.wit", include_str!("../wit/http.wit")),
+    ("storage.wit", include_str!("../wit/storage.wit")),
+    ("secrets.wit", include_str!("../wit/secrets.wit")),
+    ("tools.wit", include_str!("../wit/tools.wit")),
+    ("log.wit", include_str!("../wit/log.wit")),
+];
+
 /// Generated bindings for the `airlock:skill/skill` world.
 pub mod bindings {
     wasmtime::component::bindgen!({

@@ -2,6 +2,7 @@
 
 mod admit;
 mod audit;
+mod author;
 mod identity;
 mod mcp;
 mod policy;
@@ -54,6 +55,12 @@ enum Command {
     Audit(audit::AuditCommand),
     #[command(flatten)]
     Admin(admit::AdminCommand),
+    /// Create a skill project: Rust, Python or JavaScript, against the
+    /// `airlock:skill` world, with a README and a test input.
+    New(author::NewArgs),
+    /// Build a skill project into a component with its language's own tool
+    /// (cargo, componentize-py, jco), and say what it asks for.
+    Build(author::BuildArgs),
 }
 
 /// A failure of the command itself, with the exit code it maps to.
@@ -166,6 +173,8 @@ pub fn main() -> ExitCode {
                 serve::serve(args, config, data_dir).await
             }
             Command::ApiKey(args) => serve::api_key(&args),
+            Command::New(args) => author::new(&args),
+            Command::Build(args) => author::build(&args),
             Command::Mcp(args) => {
                 let config = config?;
                 let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));

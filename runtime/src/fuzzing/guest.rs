@@ -31,32 +31,6 @@ use crate::engine::{Engine, EngineConfig};
 use crate::limits::Limits;
 use crate::run::{RunRequest, Services};
 
-/// The world's WIT, as the runtime's own bindings are generated from it.
-const WIT: &[(&str, &str)] = &[
-    (
-        "world.wit",
-        include_str!("../../../host-apis/wit/world.wit"),
-    ),
-    (
-        "types.wit",
-        include_str!("../../../host-apis/wit/types.wit"),
-    ),
-    ("http.wit", include_str!("../../../host-apis/wit/http.wit")),
-    (
-        "storage.wit",
-        include_str!("../../../host-apis/wit/storage.wit"),
-    ),
-    (
-        "secrets.wit",
-        include_str!("../../../host-apis/wit/secrets.wit"),
-    ),
-    (
-        "tools.wit",
-        include_str!("../../../host-apis/wit/tools.wit"),
-    ),
-    ("log.wit", include_str!("../../../host-apis/wit/log.wit")),
-];
-
 /// Where the constant strings and the fuzzer's bytes are placed.
 const DATA: u32 = 1024;
 /// Return areas for host calls, and the result of `run`.
@@ -561,7 +535,7 @@ fn world() -> Result<&'static (wit_parser::Resolve, wit_parser::WorldId), Violat
         OnceLock::new();
     let parsed = WORLD.get_or_init(|| {
         let mut map = wit_parser::SourceMap::default();
-        for (name, text) in WIT {
+        for (name, text) in airlock_host_apis::WIT {
             map.push_str(name, *text);
         }
         let group = map.parse().map_err(|(_, e)| e.to_string())?;
