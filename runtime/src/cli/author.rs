@@ -16,7 +16,7 @@ pub enum Lang {
     Rust,
     /// componentize-py (from PyPI).
     Python,
-    /// componentize-js through jco (from npm).
+    /// componentize-js (from npm).
     Js,
 }
 
@@ -33,7 +33,7 @@ impl Lang {
         match self {
             Lang::Rust => "cargo",
             Lang::Python => "componentize-py",
-            Lang::Js => "jco",
+            Lang::Js => "componentize-js",
         }
     }
 
@@ -43,7 +43,7 @@ impl Lang {
             Lang::Rust => "rustup target add wasm32-wasip2",
             Lang::Python => "pip install componentize-py==0.25.1",
             Lang::Js => {
-                "npm install (in the project: it lists @bytecodealliance/jco and \
+                "npm install (in the project: its package.json lists \
                  @bytecodealliance/componentize-js)"
             }
         }
@@ -223,6 +223,12 @@ pub fn build(args: &BuildArgs) -> Result<u8, Failure> {
         .map_err(|e| io_failure("opening", dir, e))?;
     let name = skill_name(&dir)?;
     let out = dir.join(format!("{name}.wasm"));
+    if !dir.join("wit").exists() {
+        // The world, from the runtime's own copy.
+        for (file, text) in airlock_host_apis::WIT {
+            write(&dir.join("wit").join(file), text)?;
+        }
+    }
     let started = Instant::now();
     eprintln!(
         "building {} skill `{name}` with {}",
@@ -256,16 +262,17 @@ pub fn build(args: &BuildArgs) -> Result<u8, Failure> {
             run_tool(lang, build)?;
         }
         Lang::Js => {
-            let local = dir.join("node_modules/.bin/jco");
+            let local = dir.join("node_modules/.bin/componentize-js");
             let mut build = Command::new(if local.exists() {
                 local.into_os_string()
             } else {
-                "jco".into()
+                "componentize-js".into()
             });
+            // No incoming-request handler: a skill exports `run` only.
             build
                 .current_dir(&dir)
-                .args(["componentize", "skill.js", "--wit", "wit"])
-                .args(["--world-name", "skill", "--disable", "all", "--out"])
+                .args(["skill.js", "--wit", "wit", "--world-name", "skill"])
+                .args(["--disable", "fetch-event", "-o"])
                 .arg(&out);
             run_tool(lang, build)?;
         }

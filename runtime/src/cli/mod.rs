@@ -59,7 +59,7 @@ enum Command {
     /// `airlock:skill` world, with a README and a test input.
     New(author::NewArgs),
     /// Build a skill project into a component with its language's own tool
-    /// (cargo, componentize-py, jco), and say what it asks for.
+    /// (cargo, componentize-py, componentize-js), and say what it asks for.
     Build(author::BuildArgs),
 }
 
