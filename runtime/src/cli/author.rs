@@ -191,9 +191,26 @@ fn missing(lang: Lang, tool: &str) -> Failure {
     ))
 }
 
+/// Run a build tool, saying every few seconds that it is still at work
+/// (componentize-py and componentize-js print nothing until they are done).
 fn run_tool(lang: Lang, mut command: Command) -> Result<(), Failure> {
     let tool = command.get_program().to_string_lossy().into_owned();
-    match command.status() {
+    let started = Instant::now();
+    let status = command.spawn().and_then(|mut child| {
+        let mut said = 0;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let seconds = started.elapsed().as_secs();
+            if seconds >= said + 5 {
+                said = seconds;
+                eprintln!("  still building with {} ({seconds}s)", lang.tool());
+            }
+        }
+    });
+    match status {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(Failure {
             code: exit::SKILL_ERROR,
