@@ -694,9 +694,12 @@ fn to_wasi_error(e: CallError) -> wasmtime_wasi_http::Error {
 
 impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
     fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        // `content-length` may be declared (clients such as the JavaScript
+        // engine's `fetch` always do): wasmtime holds the body to it, and
+        // it is dropped before sending, where the request is framed again.
         Arc::new(|name| {
             wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS.contains(name)
-                || is_broker_header(name.as_str())
+                || (is_broker_header(name.as_str()) && name != http::header::CONTENT_LENGTH)
         })
     }
 
@@ -734,6 +737,9 @@ impl wasmtime_wasi_http::WasiHttpHooks for StandardHttp {
                         "header `{name}` is not text"
                     )))
                 })?;
+                if name == http::header::CONTENT_LENGTH {
+                    continue;
+                }
                 if name.as_str() == CREDENTIAL_HEADER {
                     // Names a credential for the broker; never sent.
                     credential = Some(value.to_string());

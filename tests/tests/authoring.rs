@@ -7,8 +7,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn airlock(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
@@ -263,4 +264,273 @@ fn the_javascript_example_keeps_bookmarks_in_storage() {
             {"name": "b", "url": "https://b.example/"}
         ])
     );
+}
+
+/// The probe in Python and JavaScript, built from `skills-examples`, or
+/// `None` when the language's tool is not installed here.
+fn build_probe(dir: &Path, lang: &str) -> Option<String> {
+    let project = dir.join(format!("{lang}-probe"));
+    let from = copy_example(&format!("{lang}/probe"), dir);
+    std::fs::rename(&from, &project).unwrap();
+    if lang == "js" && has("npm") {
+        npm_install(&project);
+    }
+    match build(dir, &format!("{lang}-probe")) {
+        Ok(_) => Some(
+            project
+                .join(format!("{lang}-probe.wasm"))
+                .display()
+                .to_string(),
+        ),
+        Err(message) => {
+            assert!(
+                !has(if lang == "js" {
+                    "npm"
+                } else {
+                    "componentize-py"
+                }),
+                "{message}"
+            );
+            None
+        }
+    }
+}
+
+const SENTINEL: &str = "sk-PROBE-SENTINEL-93c1d0";
+
+const EVERYTHING: &str = r#"
+@id("test/http")
+permit (principal, action == Airlock::Action::"http.request", resource);
+@id("test/plain-local")
+permit (principal, action == Airlock::Action::"http.request", resource == Airlock::Host::"127.0.0.1");
+@id("test/secrets")
+permit (principal, action in [Airlock::Action::"secret.use", Airlock::Action::"secret.mint"], resource);
+@id("test/data")
+permit (principal, action in Airlock::Action::"data", resource);
+@id("test/tools")
+permit (principal, action == Airlock::Action::"tool.invoke", resource);
+@id("test/not-there")
+forbid (principal, action == Airlock::Action::"http.request", resource == Airlock::Host::"forbidden.example");
+"#;
+
+/// A date header differs between runs.
+fn comparable(results: &[Value]) -> Vec<Value> {
+    let mut results = results.to_vec();
+    for result in &mut results {
+        if let Some(headers) = result
+            .pointer_mut("/ok/headers")
+            .and_then(Value::as_array_mut)
+        {
+            headers.retain(|h| h[0] != "date");
+        }
+    }
+    results
+}
+
+/// Every interface of the world from Python and JavaScript, with the same
+/// answers, allowed and refused, as the Rust probe gives to the same calls:
+/// http with a credential the broker attaches, storage, minting, a tool,
+/// log and stdout; denials name the deciding policy, and the JavaScript
+/// `fetch` goes through wasi:http and the same broker check.
+#[tokio::test(flavor = "multi_thread")]
+async fn python_and_javascript_skills_use_every_interface_like_rust() {
+    use airlock_host_apis::Trust;
+    use airlock_tests::server::{TestCa, TestServer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let probes: Vec<(&str, String)> = ["python", "js"]
+        .into_iter()
+        .filter_map(|lang| build_probe(dir.path(), lang).map(|wasm| (lang, wasm)))
+        .collect();
+    let ca = TestCa::new();
+    let tls = TestServer::start_tls(&ca).await;
+    let plain = TestServer::start().await;
+    let roots = dir.path().join("ca.pem");
+    std::fs::write(&roots, &ca.ca_pem).unwrap();
+    let secret = dir.path().join("api-key");
+    std::fs::write(&secret, SENTINEL).unwrap();
+    let port = tls.addr.port();
+    let config = format!(
+        r#"
+[egress]
+allow_addresses = ["127.0.0.1"]
+extra_roots = {roots:?}
+
+[storage]
+max_value_bytes = 64
+
+[credentials.api]
+kind = "static"
+file = {secret:?}
+destination = "https://localhost:{port}/bound"
+
+[credentials.id]
+kind = "minted"
+destination = "https://localhost:{port}/bound"
+
+[tools.word-count]
+skill = "{{skills}}/word_count.wasm"
+risk = "low"
+"#,
+        roots = roots.display().to_string(),
+        secret = secret.display().to_string(),
+    );
+    let resolver = Arc::new(airlock_runtime::egress::StaticResolver::new([(
+        "localhost".to_string(),
+        vec!["127.0.0.1".parse().unwrap()],
+    )]));
+    let node =
+        airlock_tests::TestNode::with_resolver(&config, &[("p.cedar", EVERYTHING)], resolver);
+    let bound = format!("https://localhost:{port}/bound/echo");
+    let calls = json!([
+        {"op": "log", "level": "warn", "message": "probing"},
+        {"op": "print", "message": "from stdout"},
+        {"op": "storage.put", "key": "notes/a", "value": "one"},
+        {"op": "storage.get", "key": "notes/a"},
+        {"op": "storage.list", "prefix": "notes/"},
+        {"op": "storage.delete", "key": "notes/a"},
+        {"op": "storage.get", "key": "notes/a"},
+        {"op": "storage.put", "key": "big", "value": "x".repeat(100)},
+        {"op": "storage.get", "key": ""},
+        {"op": "secrets.mint", "name": "id", "audience": "https://api.example"},
+        {"op": "secrets.mint", "name": "nothing", "audience": "https://api.example"},
+        {"op": "http.fetch", "url": bound, "credential": "api"},
+        {"op": "http.fetch", "method": "POST", "url": plain.url("/echo"),
+         "headers": [["x-probe", "1"]], "body": "hello"},
+        {"op": "http.fetch", "url": "https://forbidden.example/"},
+        {"op": "http.fetch", "url": "https://localhost/", "headers": [["authorization", "x"]]},
+        {"op": "tools.invoke", "name": "word-count", "input": r#"{"text": "one two three"}"#},
+        {"op": "tools.invoke", "name": "nothing", "input": "{}"},
+        {"op": "no-such-op"},
+    ]);
+    let input = json!({ "calls": calls }).to_string();
+    let rust = node
+        .run(airlock_tests::skills::CAPABILITY_PROBE, &input, Trust::High)
+        .await;
+    let expected = comparable(&airlock_tests::results(&rust));
+    let kinds: Vec<&str> = expected
+        .iter()
+        .map(|r| r["error"].as_str().unwrap_or("ok"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ok",
+            "ok",
+            "ok",
+            "ok",
+            "ok",
+            "ok",
+            "ok",
+            "limit",
+            "invalid",
+            "ok",
+            "not-found",
+            "ok",
+            "ok",
+            "denied",
+            "invalid",
+            "ok",
+            "not-found",
+            "probe"
+        ],
+        "{expected:#?}"
+    );
+    assert_eq!(expected[3]["ok"], "one");
+    // The minted token was the skill's to use, not to return.
+    assert_eq!(expected[9]["ok"], "[redacted]", "{}", expected[9]);
+    assert!(
+        expected[13]["message"]
+            .as_str()
+            .unwrap()
+            .contains("denied by policy `test/not-there`"),
+        "{}",
+        expected[13]
+    );
+
+    for (lang, wasm) in &probes {
+        let report = node.run(wasm, &input, Trust::High).await;
+        assert_eq!(
+            report.status,
+            airlock_runtime::run::RunStatus::Ok,
+            "{lang}: {:?}",
+            report.error
+        );
+        let results = comparable(&airlock_tests::results(&report));
+        assert_eq!(results, expected, "{lang} answers unlike Rust");
+        let logs: Vec<(String, String)> = report
+            .logs
+            .iter()
+            .map(|l| (format!("{:?}", l.source), l.message.clone()))
+            .collect();
+        assert!(
+            logs.contains(&("Log".into(), "probing".into()))
+                && logs.contains(&("Stdout".into(), "from stdout".into())),
+            "{lang}: {logs:?}"
+        );
+        let failed = node
+            .run(
+                wasm,
+                r#"{"calls": [{"op": "fail", "message": "gave up"}]}"#,
+                Trust::High,
+            )
+            .await;
+        assert_eq!(
+            failed.status,
+            airlock_runtime::run::RunStatus::SkillError,
+            "{lang}"
+        );
+        assert_eq!(failed.error.unwrap().message, "gave up", "{lang}");
+    }
+    // The credential reached the bound destination once per language, in
+    // the header the broker sets; the skills never saw it.
+    let attached = tls
+        .seen()
+        .iter()
+        .filter(|s| s.header("authorization") == Some(&format!("Bearer {SENTINEL}")))
+        .count();
+    assert_eq!(attached, 1 + probes.len());
+
+    // JavaScript's own `fetch` goes out through wasi:http, decided by the
+    // same broker: allowed to the plain server, refused elsewhere (the
+    // script sees a network error; the denial is in the run's record).
+    if let Some((_, wasm)) = probes.iter().find(|(lang, _)| *lang == "js") {
+        let calls = json!({"calls": [
+            {"op": "fetch", "method": "POST", "url": plain.url("/echo"), "body": "via fetch"},
+            {"op": "fetch", "url": plain.url("/echo"), "headers": [["x-probe", "2"]]},
+            {"op": "fetch", "url": "https://forbidden.example/"},
+        ]});
+        let report = node.run(wasm, &calls.to_string(), Trust::High).await;
+        let results = airlock_tests::results(&report);
+        assert_eq!(results[0]["ok"]["status"], 200, "{results:?}");
+        let echoed: Value =
+            serde_json::from_str(results[0]["ok"]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(echoed["body"], "via fetch");
+        assert_eq!(echoed["method"], "POST");
+        let echoed: Value =
+            serde_json::from_str(results[1]["ok"]["body"].as_str().unwrap()).unwrap();
+        assert!(
+            echoed["headers"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(["x-probe", "2"])),
+            "{echoed}"
+        );
+        assert_eq!(results[2]["error"], "fetch", "{results:?}");
+        let denied = report
+            .decisions
+            .iter()
+            .find(|d| {
+                matches!(&d.resource, airlock_host_apis::Resource::Host { name } if name == "forbidden.example")
+            })
+            .expect("the refused fetch is recorded");
+        assert!(
+            denied
+                .decision
+                .policies
+                .iter()
+                .any(|p| p == "test/not-there"),
+            "{denied:?}"
+        );
+    }
 }

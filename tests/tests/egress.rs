@@ -399,6 +399,34 @@ async fn the_request_that_arrives_is_the_one_that_was_checked() {
     );
 }
 
+/// On the standard path a guest may declare `content-length` (the
+/// JavaScript engine's `fetch` does), but only the body it wrote is sent,
+/// framed by the runtime; a declaration that lies about the body sends
+/// nothing.
+#[tokio::test]
+async fn a_declared_content_length_never_frames_what_is_sent() {
+    let server = TestServer::start().await;
+    let node = TestNode::with_resolver(&config(""), &[("p.cedar", POLICIES)], resolver());
+    let authority = format!("127.0.0.1:{}", server.addr.port());
+    let post = |length: &str| {
+        json!({"op": "wasi-http", "method": "POST", "scheme": "http", "authority": authority,
+               "path": "/echo", "headers": [["content-length", length]], "body": "payload"})
+    };
+    let (_, results) = fetch_all(&node, vec![post("7"), post("3"), post("100")]).await;
+    let echoed: Value = serde_json::from_str(results[0]["ok"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(echoed["body"], "payload");
+    let headers: Vec<(String, String)> = serde_json::from_value(echoed["headers"].clone()).unwrap();
+    let lengths: Vec<&(String, String)> = headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .collect();
+    assert_eq!(lengths, [&("content-length".to_string(), "7".to_string())]);
+    for (lying, result) in ["3", "100"].iter().zip(&results[1..]) {
+        assert!(result.get("error").is_some(), "length {lying}: {result}");
+    }
+    assert_eq!(server.seen().len(), 1, "a lying length sent something");
+}
+
 #[tokio::test]
 async fn redirects_are_not_followed_by_default() {
     let server = TestServer::start().await;
