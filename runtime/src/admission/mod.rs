@@ -664,9 +664,41 @@ impl SkillStore {
         } = step;
         let now = now_ms();
         let mut db = self.db();
-        let tx = db.transaction().map_err(db_error)?;
-        let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(3 + values.len());
+        // Immediate: the write lock is taken before the state is read again,
+        // so a change checked against a state another writer has since
+        // changed (a revoke racing an approval) is refused, not applied.
+        let tx = db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_error)?;
         let hex = digest.to_hex();
+        let current: Option<String> = tx
+            .query_row(
+                "SELECT state FROM skills WHERE digest = ?1",
+                [&hex],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_error)?;
+        let checked = if from == State::Expired {
+            "approved"
+        } else {
+            from.as_str()
+        };
+        match current.as_deref() {
+            None => {
+                return Err(Error::Admission(format!(
+                    "no admitted skill has digest {digest}"
+                )));
+            }
+            Some(current) if current != checked => {
+                return Err(Error::Admission(format!(
+                    "skill {digest} was changed by someone else while this change was \
+                     checked (it is now {current}); nothing was changed: look again and retry"
+                )));
+            }
+            Some(_) => {}
+        }
+        let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(3 + values.len());
         let now_sql = sql_ms(now);
         let stored = if to == State::Expired {
             "approved"

@@ -376,3 +376,30 @@ fn a_version_1_database_is_migrated_and_its_skills_belong_to_the_default_tenant(
     // Opening again is a no-op, not a second ALTER.
     SkillStore::open(&skills).unwrap();
 }
+
+/// An approval checked while the skill was pending, applied after another
+/// handle revoked it, must not bring the revoked skill back.
+#[test]
+fn a_change_checked_against_a_stale_state_is_refused() {
+    let f = Fixture::new();
+    let record = f.admit();
+    let other = SkillStore::open(&f.store.dir).unwrap_or_else(|e| panic!("{e}"));
+    other
+        .revoke(&record.digest, "security", "leaked a key")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stale = Step {
+        from: State::Pending,
+        to: State::Approved,
+        actor: "bob",
+        reason: None,
+    };
+    let message = f.err(f.store.change(&record.digest, stale, "", &[]));
+    assert!(
+        message.contains("was changed by someone else") && message.contains("now revoked"),
+        "{message}"
+    );
+    let now = f.store.get(&record.digest).ok().flatten().map(|r| r.state);
+    assert_eq!(now, Some(State::Revoked));
+    let history = f.store.history(&record.digest).unwrap_or_default();
+    assert_eq!(history.len(), 2, "admitted and revoked, nothing else");
+}
