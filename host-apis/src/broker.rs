@@ -218,7 +218,9 @@ impl Decision {
 }
 
 /// How much the operator trusts the agent that generated a skill.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Trust {
     /// Nothing is known about the agent. The default.

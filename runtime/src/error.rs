@@ -36,6 +36,10 @@ pub enum Error {
     /// transition, a changed stored component. The text says which.
     #[error("{0}")]
     Admission(String),
+    /// The shared control plane (NATS) failed or is unreachable. The text
+    /// says what was being done.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl Error {

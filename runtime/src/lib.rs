@@ -20,6 +20,7 @@ pub mod audit;
 pub mod broker;
 pub mod cache;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod digest;

@@ -10,6 +10,7 @@ use airlock_runtime::engine::{Engine, EngineConfig, LoadedSkill};
 use airlock_runtime::run::{RunReport, RunRequest, Services};
 use airlock_runtime::{Config, Error, Limits, Node, NodeOptions};
 
+pub mod nats;
 pub mod server;
 
 /// Paths of the guest components, and `foreach_example!` / `foreach_hostile!`.

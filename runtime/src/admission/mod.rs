@@ -23,7 +23,7 @@ use std::time::Duration;
 use airlock_host_apis::Trust;
 use base64::Engine as _;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::digest::SkillDigest;
@@ -72,7 +72,7 @@ PRAGMA user_version = 2;
 ";
 
 /// Where a skill is in its lifecycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Pending,
@@ -111,7 +111,7 @@ impl std::fmt::Display for State {
 }
 
 /// What the store knows about one skill.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SkillRecord {
     /// The blake3 hash of the component, hex.
     #[schema(value_type = String)]
@@ -167,7 +167,7 @@ impl SkillRecord {
 }
 
 /// One change of state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
     pub at_ms: u64,
     pub from: Option<String>,
@@ -429,6 +429,92 @@ fn migrate_v1(db: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// What every backend checks before admitting: the bytes are the ones
+/// inspected, and who and what the skill is are named. Returns the digest.
+pub(crate) fn check_submission(
+    bytes: &[u8],
+    inspection: &Inspection,
+    submission: &Submission,
+) -> Result<SkillDigest, Error> {
+    let digest = SkillDigest::of(bytes);
+    if digest != inspection.digest {
+        return Err(Error::Admission(
+            "the bytes to store are not the bytes inspected".into(),
+        ));
+    }
+    for (what, value) in [
+        ("name", &submission.name),
+        ("agent", &submission.agent),
+        ("submitter", &submission.submitter),
+        ("tenant", &submission.tenant),
+    ] {
+        if value.trim().is_empty() {
+            return Err(Error::Admission(format!("the skill's {what} is empty")));
+        }
+    }
+    Ok(digest)
+}
+
+/// What every backend checks before an approval, against the record as it
+/// is now.
+pub(crate) fn check_approval(
+    record: &SkillRecord,
+    reviewer: &str,
+    ttl: Duration,
+    config: &AdmissionConfig,
+) -> Result<(), Error> {
+    if reviewer.trim().is_empty() {
+        return Err(Error::Admission("the reviewer is empty".into()));
+    }
+    if reviewer == record.submitter {
+        return Err(Error::Admission(format!(
+            "`{reviewer}` submitted skill `{}` and cannot approve it: another reviewer must",
+            record.name
+        )));
+    }
+    if reviewer == record.agent {
+        return Err(Error::Admission(format!(
+            "`{reviewer}` is the agent that generated skill `{}` and cannot approve it",
+            record.name
+        )));
+    }
+    if record.state == State::Revoked {
+        return Err(Error::Admission(format!(
+            "skill `{}` is revoked{}; a revoked skill cannot be approved again",
+            record.name,
+            record
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )));
+    }
+    if ttl.is_zero() || ttl > config.max_expiry {
+        return Err(Error::Admission(format!(
+            "an approval lasts more than 0 and at most {} (admission.max_expiry)",
+            humantime::format_duration(config.max_expiry)
+        )));
+    }
+    Ok(())
+}
+
+/// What every backend checks before a quarantine or a revocation; returns
+/// the reason, cut to what the audit log keeps.
+pub(crate) fn check_hold(record: &SkillRecord, reason: &str, to: State) -> Result<String, Error> {
+    if reason.trim().is_empty() {
+        return Err(Error::Admission(format!(
+            "say why the skill is {to} (--reason)"
+        )));
+    }
+    if record.state == State::Revoked {
+        return Err(Error::Admission(format!(
+            "skill `{}` is already revoked",
+            record.name
+        )));
+    }
+    Ok(reason.chars().take(crate::audit::MAX_STRING).collect())
+}
+
 struct Step<'a> {
     from: State,
     to: State,
@@ -498,22 +584,7 @@ impl SkillStore {
         submission: &Submission,
         signed_by: Option<String>,
     ) -> Result<(SkillRecord, bool), Error> {
-        let digest = SkillDigest::of(bytes);
-        if digest != inspection.digest {
-            return Err(Error::Admission(
-                "the bytes to store are not the bytes inspected".into(),
-            ));
-        }
-        for (what, value) in [
-            ("name", &submission.name),
-            ("agent", &submission.agent),
-            ("submitter", &submission.submitter),
-            ("tenant", &submission.tenant),
-        ] {
-            if value.trim().is_empty() {
-                return Err(Error::Admission(format!("the skill's {what} is empty")));
-            }
-        }
+        let digest = check_submission(bytes, inspection, submission)?;
         if let Some(existing) = self.get(&digest)? {
             return Ok((existing, false));
         }
@@ -744,38 +815,7 @@ impl SkillStore {
         config: &AdmissionConfig,
     ) -> Result<Changed, Error> {
         let record = self.require(digest)?;
-        if reviewer.trim().is_empty() {
-            return Err(Error::Admission("the reviewer is empty".into()));
-        }
-        if reviewer == record.submitter {
-            return Err(Error::Admission(format!(
-                "`{reviewer}` submitted skill `{}` and cannot approve it: another reviewer must",
-                record.name
-            )));
-        }
-        if reviewer == record.agent {
-            return Err(Error::Admission(format!(
-                "`{reviewer}` is the agent that generated skill `{}` and cannot approve it",
-                record.name
-            )));
-        }
-        if record.state == State::Revoked {
-            return Err(Error::Admission(format!(
-                "skill `{}` is revoked{}; a revoked skill cannot be approved again",
-                record.name,
-                record
-                    .reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            )));
-        }
-        if ttl.is_zero() || ttl > config.max_expiry {
-            return Err(Error::Admission(format!(
-                "an approval lasts more than 0 and at most {} (admission.max_expiry)",
-                humantime::format_duration(config.max_expiry)
-            )));
-        }
+        check_approval(&record, reviewer, ttl, config)?;
         let now = now_ms();
         let expires =
             sql_ms(now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)));
@@ -823,18 +863,7 @@ impl SkillStore {
         to: State,
     ) -> Result<Changed, Error> {
         let record = self.require(digest)?;
-        if reason.trim().is_empty() {
-            return Err(Error::Admission(format!(
-                "say why the skill is {to} (--reason)"
-            )));
-        }
-        if record.state == State::Revoked {
-            return Err(Error::Admission(format!(
-                "skill `{}` is already revoked",
-                record.name
-            )));
-        }
-        let reason: String = reason.chars().take(crate::audit::MAX_STRING).collect();
+        let reason = check_hold(&record, reason, to)?;
         let step = Step {
             from: record.state,
             to,

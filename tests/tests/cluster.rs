@@ -1,0 +1,260 @@
+//! Nodes sharing one control plane on a real `nats-server -js`: a skill
+//! admitted on one node is approved on another and loaded and run on a
+//! third, under the same rules as the embedded store; a changed shared
+//! component is refused; racing changes never bring a revoked skill back;
+//! every node sees a hold as it happens.
+
+use std::time::Duration;
+
+use airlock_runtime::admission::{AdmissionConfig, State, Submission};
+use airlock_runtime::cluster::{COMPONENTS_BUCKET, Cluster, ClusterConfig};
+use airlock_runtime::digest::SkillDigest;
+use airlock_runtime::inspect::Inspection;
+use airlock_runtime::run::{RunStatus, Services};
+use airlock_tests::nats::NatsServer;
+use airlock_tests::{engine, request, skills, wasm};
+use futures_util::StreamExt;
+
+async fn node(server: &NatsServer) -> Cluster {
+    Cluster::connect(&ClusterConfig {
+        url: server.url(),
+        ..ClusterConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn component(path: &str) -> (Vec<u8>, Inspection) {
+    let bytes = wasm(path);
+    let inspection = airlock_runtime::inspect::inspect(&bytes, 128 << 20).unwrap();
+    (bytes, inspection)
+}
+
+fn submission(name: &str) -> Submission {
+    Submission {
+        name: name.into(),
+        agent: "planner".into(),
+        submitter: "alice".into(),
+        ..Submission::default()
+    }
+}
+
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admitted_on_one_node_approved_on_another_and_run_on_a_third() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b, c) = (
+        node(&server).await,
+        node(&server).await,
+        node(&server).await,
+    );
+    let (bytes, inspection) = component(skills::HELLO);
+    let config = AdmissionConfig::default();
+
+    let (record, fresh) = a
+        .admit(&bytes, &inspection, &submission("hello"), None)
+        .await
+        .unwrap();
+    assert!(fresh);
+    assert_eq!(record.state, State::Pending);
+    let (again, fresh) = b
+        .admit(&bytes, &inspection, &submission("other name"), None)
+        .await
+        .unwrap();
+    assert!(!fresh, "the same bytes are the same skill on every node");
+    assert_eq!(again.name, "hello");
+
+    // The embedded store's rules hold on the shared one.
+    let own = b.approve(&record.digest, "alice", WEEK, &config).await;
+    assert!(
+        own.as_ref()
+            .is_err_and(|e| e.to_string().contains("cannot approve it")),
+        "{own:?}"
+    );
+    let too_long = b.approve(&record.digest, "bob", WEEK * 520, &config).await;
+    assert!(too_long.is_err());
+    let approved = b
+        .approve(&record.digest, "bob", WEEK, &config)
+        .await
+        .unwrap();
+    assert_eq!(
+        (approved.from, approved.record.state),
+        (State::Pending, State::Approved)
+    );
+
+    let seen = c.get(&record.digest).await.unwrap().unwrap();
+    assert_eq!(seen.state, State::Approved);
+    assert_eq!(seen.reviewer.as_deref(), Some("bob"));
+    assert!(seen.refusal().is_none());
+    let loaded = c.load(&record.digest, 128 << 20).await.unwrap();
+    assert_eq!(loaded, bytes);
+    let skill = engine().load(&loaded).unwrap();
+    let report = engine()
+        .run(
+            &skill,
+            request("hello", r#"{"name": "Ada"}"#),
+            &Services::default(),
+        )
+        .await;
+    assert_eq!(report.status, RunStatus::Ok);
+    assert_eq!(
+        report.output.as_deref(),
+        Some(r#"{"greeting":"hello, Ada"}"#)
+    );
+
+    let history = c.history(&record.digest).await.unwrap();
+    let steps: Vec<(Option<&str>, &str, &str)> = history
+        .iter()
+        .map(|t| (t.from.as_deref(), t.to.as_str(), t.actor.as_str()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (None, "pending", "alice"),
+            (Some("pending"), "approved", "bob")
+        ]
+    );
+    let listed = a.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, State::Approved);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_shared_component_is_refused_at_load() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let a = node(&server).await;
+    let (bytes, inspection) = component(skills::HELLO);
+    let (record, _) = a
+        .admit(&bytes, &inspection, &submission("hello"), None)
+        .await
+        .unwrap();
+    // Someone with write access to the bucket swaps the object's bytes.
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let store = async_nats::jetstream::new(client)
+        .get_object_store(COMPONENTS_BUCKET)
+        .await
+        .unwrap();
+    let other = wasm(skills::WORD_COUNT);
+    let mut reader = other.as_slice();
+    store
+        .put(record.digest.to_hex().as_str(), &mut reader)
+        .await
+        .unwrap();
+    let refused = a.load(&record.digest, 128 << 20).await.unwrap_err();
+    assert!(refused.to_string().contains("has changed"), "{refused}");
+    // And an object over the size limit is not read at all.
+    let big = a.load(&record.digest, 1024).await.unwrap_err();
+    assert!(big.to_string().contains("larger than 1024 bytes"), "{big}");
+    let missing = SkillDigest::of(b"never stored");
+    assert!(a.load(&missing, 1 << 20).await.is_err());
+}
+
+/// Approvals from two nodes race a revocation from a third. Whatever the
+/// order, the skill ends revoked and nothing was approved after the
+/// revocation: each change was written against the revision it checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_changes_never_bring_a_revoked_skill_back() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, b, c) = (
+        node(&server).await,
+        node(&server).await,
+        node(&server).await,
+    );
+    let config = AdmissionConfig::default();
+    for path in [skills::HELLO, skills::WORD_COUNT, skills::NOTES] {
+        let (bytes, inspection) = component(path);
+        let (record, _) = a
+            .admit(&bytes, &inspection, &submission("racer"), None)
+            .await
+            .unwrap();
+        let digest = record.digest;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let node = if i % 2 == 0 { b.clone() } else { c.clone() };
+            let config = config.clone();
+            tasks.push(tokio::spawn(async move {
+                node.approve(&digest, &format!("reviewer-{i}"), WEEK, &config)
+                    .await
+                    .is_ok()
+            }));
+        }
+        let revoked = a.revoke(&digest, "security", "leaked a key").await;
+        let mut approvals = 0;
+        for task in tasks {
+            approvals += usize::from(task.await.unwrap());
+        }
+        revoked.unwrap();
+        let now = c.get(&digest).await.unwrap().unwrap();
+        assert_eq!(now.state, State::Revoked);
+        let history = c.history(&digest).await.unwrap();
+        let at = history.iter().position(|t| t.to == "revoked").unwrap();
+        assert_eq!(
+            at,
+            history.len() - 1,
+            "changed after the revocation: {history:?}"
+        );
+        let approved = history.iter().filter(|t| t.to == "approved").count();
+        assert_eq!(approved, approvals, "an approval was lost or invented");
+        let again = b.approve(&digest, "reviewer-9", WEEK, &config).await;
+        assert!(again.is_err_and(|e| e.to_string().contains("is revoked")));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_sees_a_hold_as_it_happens() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (a, c) = (node(&server).await, node(&server).await);
+    let config = AdmissionConfig::default();
+    let (bytes, inspection) = component(skills::HELLO);
+    let (record, _) = a
+        .admit(&bytes, &inspection, &submission("hello"), None)
+        .await
+        .unwrap();
+    let mut holds = Box::pin(c.holds().await.unwrap());
+    for round in 0..5 {
+        a.approve(&record.digest, "bob", WEEK, &config)
+            .await
+            .unwrap();
+        a.quarantine(&record.digest, "monitor", &format!("round {round}"))
+            .await
+            .unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(10), holds.next())
+            .await
+            .expect("the hold arrives")
+            .unwrap();
+        assert_eq!(seen, (record.digest, State::Quarantined));
+    }
+    a.revoke(&record.digest, "security", "done").await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), holds.next())
+        .await
+        .expect("the revocation arrives")
+        .unwrap();
+    assert_eq!(seen, (record.digest, State::Revoked));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let e = Cluster::connect(&ClusterConfig {
+        url: url.clone(),
+        connect_timeout: Duration::from_secs(2),
+        ..ClusterConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains(&url), "{e}");
+}
