@@ -37,6 +37,9 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `airlock serve`: keys, roles and limits of the HTTP API.
     pub api: crate::api::ApiConfig,
+    /// Share admitted skills with other nodes on NATS JetStream; without
+    /// it, skills live in the data directory.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// The audit log: `[audit]`.
@@ -432,6 +435,14 @@ impl Config {
                 "admission.default_expiry must be more than 0 and at most admission.max_expiry"
                     .into(),
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            if cluster.url.trim().is_empty() {
+                return Err(Error::Config("cluster.url is empty".into()));
+            }
+            if cluster.replicas == 0 {
+                return Err(Error::Config("cluster.replicas must be at least 1".into()));
+            }
         }
         crate::egress::Allowed::parse(&self.egress.allow_addresses)
             .map_err(|e| Error::Config(format!("egress.allow_addresses: {e}")))?;

@@ -10,6 +10,7 @@ use airlock_policy::Policies;
 
 use crate::Error;
 use crate::admission::node::Running;
+use crate::admission::registry::{Embedded, Registry};
 use crate::admission::{SkillStore, TrustedKey};
 use crate::broker::PolicyBroker;
 use crate::config::{Config, PolicyMode};
@@ -36,6 +37,9 @@ pub struct NodeOptions {
     pub policy_mode: Option<PolicyMode>,
     /// How host names are resolved (default: the system resolver).
     pub resolver: Option<Arc<dyn Resolver>>,
+    /// Where admitted skills live, instead of the data directory's store
+    /// (a cluster's shared registry).
+    pub registry: Option<Arc<dyn Registry>>,
 }
 
 impl std::fmt::Debug for NodeOptions {
@@ -57,7 +61,7 @@ pub struct Node {
     config: Arc<Config>,
     policies: Option<Arc<Policies>>,
     /// Admitted skills; `None` without a data directory.
-    pub(crate) store: Option<Arc<SkillStore>>,
+    pub(crate) store: Option<Arc<dyn Registry>>,
     pub(crate) trusted_keys: Arc<Vec<TrustedKey>>,
     pub(crate) running: Arc<Running>,
 }
@@ -155,9 +159,12 @@ impl Node {
             config.data_dir.as_deref(),
         )?);
         let http_rules = Arc::new(config.egress.rules());
-        let store = match &config.data_dir {
-            Some(dir) => Some(Arc::new(SkillStore::open(&dir.join("skills"))?)),
-            None => None,
+        let store: Option<Arc<dyn Registry>> = match (options.registry, &config.data_dir) {
+            (Some(registry), _) => Some(registry),
+            (None, Some(dir)) => Some(Arc::new(Embedded::new(Arc::new(SkillStore::open(
+                &dir.join("skills"),
+            )?)))),
+            (None, None) => None,
         };
         let trusted_keys = Arc::new(config.admission.keys()?);
         Ok(Arc::new_cyclic(|node| {

@@ -74,14 +74,11 @@ impl ToolRegistry {
                 .skills()
                 .map_err(|e| CallError::Unavailable(format!("tool `{name}`: {e}")))?
                 .clone();
-            let refusal = tokio::task::spawn_blocking(move || {
-                store
-                    .get(&digest)
-                    .map(|r| r.map_or(Some("it is not admitted".into()), |r| r.refusal()))
-            })
-            .await
-            .map_err(|e| CallError::Unavailable(format!("tool `{name}`: {e}")))?
-            .map_err(|e| CallError::Unavailable(format!("tool `{name}`: {e}")))?;
+            let refusal = store
+                .get(&digest)
+                .await
+                .map(|r| r.map_or(Some("it is not admitted".into()), |r| r.refusal()))
+                .map_err(|e| CallError::Unavailable(format!("tool `{name}`: {e}")))?;
             if let Some(refusal) = refusal {
                 return Err(CallError::Unavailable(format!(
                     "tool `{name}` is not available: {refusal}"
@@ -96,15 +93,22 @@ impl ToolRegistry {
         {
             return Ok(skill.clone());
         }
-        let source = (tool.skill.clone(), tool.digest);
+        let path = tool.skill.clone();
         let loader = node.clone();
+        let stored = match tool.digest {
+            Some(digest) => {
+                let max = node.engine().config().max_component_size;
+                match node.skills() {
+                    Ok(store) => Some(store.load(&digest, max).await.map_err(|e| e.to_string())),
+                    Err(e) => Some(Err(e.to_string())),
+                }
+            }
+            None => None,
+        };
         let loaded = tokio::task::spawn_blocking(move || {
-            let bytes = match source {
-                (_, Some(digest)) => loader
-                    .skills()
-                    .and_then(|store| store.load(&digest))
-                    .map_err(|e| e.to_string())?,
-                (Some(path), None) => std::fs::read(&path)
+            let bytes = match (stored, path) {
+                (Some(stored), _) => stored?,
+                (None, Some(path)) => std::fs::read(&path)
                     .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?,
                 (None, None) => return Err("no skill is configured".to_string()),
             };

@@ -51,7 +51,7 @@ impl TestNode {
     }
 
     pub fn with_mode(config: &str, policies: &[(&str, &str)], mode: Option<PolicyMode>) -> Self {
-        Self::with_options(config, policies, mode, None)
+        Self::with_options(config, policies, mode, None, None)
     }
 
     /// With host names resolved by `resolver`.
@@ -60,7 +60,17 @@ impl TestNode {
         policies: &[(&str, &str)],
         resolver: Arc<dyn airlock_runtime::egress::Resolver>,
     ) -> Self {
-        Self::with_options(config, policies, None, Some(resolver))
+        Self::with_options(config, policies, None, Some(resolver), None)
+    }
+
+    /// With admitted skills in `registry` (a cluster's) instead of the
+    /// data directory.
+    pub fn with_registry(
+        config: &str,
+        policies: &[(&str, &str)],
+        registry: Arc<dyn airlock_runtime::admission::registry::Registry>,
+    ) -> Self {
+        Self::with_options(config, policies, None, None, Some(registry))
     }
 
     fn with_options(
@@ -68,6 +78,7 @@ impl TestNode {
         policies: &[(&str, &str)],
         mode: Option<PolicyMode>,
         resolver: Option<Arc<dyn airlock_runtime::egress::Resolver>>,
+        registry: Option<Arc<dyn airlock_runtime::admission::registry::Registry>>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let skills_dir = std::path::Path::new(skills::HELLO).parent().unwrap();
@@ -88,6 +99,7 @@ impl TestNode {
                 policy_dir: Some(policy_dir),
                 policy_mode: mode,
                 resolver,
+                registry,
                 ..NodeOptions::default()
             },
         )

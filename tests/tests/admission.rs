@@ -167,7 +167,7 @@ async fn admission_refuses_what_the_engine_would_refuse_and_stores_nothing() {
         .unwrap_or_default();
     assert!(err.contains("not a component"), "{err}");
     let store = node.node.skills().unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(store.list().map(|l| l.len()).ok(), Some(0));
+    assert_eq!(store.list().await.map(|l| l.len()).ok(), Some(0));
     assert!(events(&node, "skill.admit").is_empty());
 }
 
@@ -335,13 +335,13 @@ async fn repeated_denials_quarantine_a_skill_automatically() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(first.status, RunStatus::Ok);
     let store = node.node.skills().unwrap_or_else(|e| panic!("{e}"));
-    let state = |d| store.get(&d).ok().flatten().map(|r| r.state);
-    assert_eq!(state(digest), Some(State::Approved), "3 of 5 so far");
+    let state = async |d| store.get(&d).await.ok().flatten().map(|r| r.state);
+    assert_eq!(state(digest).await, Some(State::Approved), "3 of 5 so far");
     run(&node, digest, &denied)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(state(digest), Some(State::Quarantined));
-    let record = store.get(&digest).ok().flatten();
+    assert_eq!(state(digest).await, Some(State::Quarantined));
+    let record = store.get(&digest).await.ok().flatten();
     assert_eq!(
         record.and_then(|r| r.reason).as_deref(),
         Some("5 denied calls within 1m")

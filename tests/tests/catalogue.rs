@@ -437,7 +437,7 @@ async fn carry_out(name: &str, dir: &Path, case: &Case) -> (Expected, Vec<String
             }
             other => problems.push(format!("admission did not refuse it: {other:?}")),
         }
-        let stored = node.node.skills().unwrap().list().unwrap();
+        let stored = node.node.skills().unwrap().list().await.unwrap();
         if !stored.is_empty() {
             problems.push(format!("a refused component was stored: {stored:?}"));
         }

@@ -258,3 +258,185 @@ async fn an_unreachable_server_is_named() {
     .unwrap_err();
     assert!(e.to_string().contains(&url), "{e}");
 }
+
+/// Three nodes on one cluster, each with its own data directory (its own
+/// audit log, cache and storage) and the shared registry.
+async fn three_nodes(server: &NatsServer) -> [airlock_tests::TestNode; 3] {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let registry = std::sync::Arc::new(node(server).await);
+        nodes.push(airlock_tests::TestNode::with_registry("", &[], registry));
+    }
+    let [a, b, c]: [airlock_tests::TestNode; 3] = nodes.try_into().ok().unwrap();
+    [a, b, c]
+}
+
+/// Admitted on A, approved on B, run on C (by digest, the component fetched
+/// from the cluster); a revocation on A stops C's running instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_on_one_node_stops_an_instance_on_another() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let [a, b, c] = three_nodes(&server).await;
+    let (record, fresh) = a
+        .node
+        .admit(wasm(skills::CAPABILITY_PROBE), submission("probe"))
+        .await
+        .unwrap();
+    assert!(fresh);
+    let refused = b.node.approve(record.digest, "alice", None).await;
+    assert!(refused.is_err(), "the submitter approved on another node");
+    b.node.approve(record.digest, "bob", None).await.unwrap();
+
+    let quick = c
+        .node
+        .run_admitted(
+            record.digest,
+            request(
+                "ignored",
+                r#"{"calls": [{"op": "print", "message": "from C"}]}"#,
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(quick.status, RunStatus::Ok, "{:?}", quick.error);
+    assert_eq!(quick.skill, "probe");
+
+    let runner = c.node.clone();
+    let digest = record.digest;
+    let running = tokio::spawn(async move {
+        let sleep = r#"{"calls": [{"op": "sleep", "count": 20000}]}"#;
+        runner.run_admitted(digest, request("ignored", sleep)).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.node
+        .revoke(record.digest, "security", "leaked in a prompt")
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the instance on C was not stopped")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.status, RunStatus::Stopped);
+    let message = report.error.map(|e| e.message).unwrap_or_default();
+    assert!(message.contains("revoked: leaked in a prompt"), "{message}");
+    let again = b
+        .node
+        .run_admitted(record.digest, request("ignored", "{}"))
+        .await;
+    assert!(
+        again.is_err_and(|e| e.to_string().contains("is revoked")),
+        "a revoked skill ran on B"
+    );
+}
+
+/// A node that loses NATS refuses new runs rather than running without
+/// seeing revocations.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_loses_nats_refuses_runs() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let [a, _, _] = three_nodes(&server).await;
+    let (record, _) = a
+        .node
+        .admit(wasm(skills::HELLO), submission("hello"))
+        .await
+        .unwrap();
+    a.node.approve(record.digest, "bob", None).await.unwrap();
+    let ok = a
+        .node
+        .run_admitted(record.digest, request("ignored", r#"{"name": "Ada"}"#))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, RunStatus::Ok);
+    drop(server);
+    // The client notices the server is gone within moments.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = a
+            .node
+            .run_admitted(record.digest, request("ignored", r#"{"name": "Ada"}"#))
+            .await;
+        match attempt {
+            Err(e) if e.to_string().contains("connection to NATS is lost") => break,
+            _ if std::time::Instant::now() > deadline => {
+                panic!("runs went on without NATS: {attempt:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The CLI on three machines (three homes) with one `[cluster]`: admitted
+/// on the first, approved on the second, run by a short digest on the third,
+/// revoked on the first and refused on the third.
+#[test]
+fn the_cli_shares_skills_through_the_cluster_configuration() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let homes: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let config = homes[0].path().join("airlock.toml");
+    std::fs::write(&config, format!("[cluster]\nurl = \"{}\"\n", server.url())).unwrap();
+    let at = |home: usize, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+            .args(args)
+            .env("AIRLOCK_HOME", homes[home].path())
+            .env("AIRLOCK_CONFIG", &config)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, stdout, stderr) = at(
+        0,
+        &[
+            "admit",
+            skills::HELLO,
+            "--name",
+            "hello",
+            "--agent",
+            "planner",
+            "--trust",
+            "medium",
+            "--by",
+            "orchestrator",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let digest = stdout.lines().next().unwrap_or_default().to_string();
+    let short = &digest[..12];
+    let (code, _, stderr) = at(
+        1,
+        &["approve", short, "--by", "reviewer", "--expires-in", "1h"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, stderr) = at(2, &["run", short, "--input", r#"{"name":"Ada"}"#]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "{\"greeting\":\"hello, Ada\"}\n");
+    let (code, stdout, _) = at(2, &["skills"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains(short) && stdout.contains("approved"),
+        "{stdout}"
+    );
+    let args = [
+        "revoke",
+        short,
+        "--reason",
+        "superseded",
+        "--by",
+        "security",
+    ];
+    let (code, _, stderr) = at(0, &args);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, stderr) = at(2, &["run", short, "--input", "{}"]);
+    assert_eq!(code, Some(3));
+    assert!(stderr.contains("revoked"), "{stderr}");
+    // Each home has its own audit log, with its own part of the story.
+    let (code, stdout, stderr) = at(2, &["audit", "verify"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}

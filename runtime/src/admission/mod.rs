@@ -30,6 +30,7 @@ use crate::digest::SkillDigest;
 use crate::inspect::Inspection;
 
 pub mod node;
+pub mod registry;
 #[cfg(test)]
 mod tests;
 

@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 use airlock_host_apis::{Mode, SkillIdentity, Verdict};
 use serde_json::json;
 
-use super::{Changed, SkillRecord, SkillStore, State, Submission, check_signature};
+use super::registry::Registry;
+use super::{Changed, SkillRecord, State, Submission, check_signature};
 use crate::Error;
 use crate::digest::SkillDigest;
 use crate::node::Node;
 use crate::run::{RunReport, RunRequest, Stopper};
-
-/// How often a run checks whether another process held its skill.
-const WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// The instances running on this node, by skill, and recent denials.
 #[derive(Debug, Default)]
@@ -136,8 +134,8 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Node {
-    /// The skill store, or why there is none.
-    pub fn skills(&self) -> Result<&Arc<SkillStore>, Error> {
+    /// Where admitted skills live, or why there is nowhere.
+    pub fn skills(&self) -> Result<&Arc<dyn Registry>, Error> {
         self.store.as_ref().ok_or_else(|| {
             Error::Admission("admitted skills need a data directory (--data-dir)".into())
         })
@@ -176,16 +174,24 @@ impl Node {
             Ok(signed_by) => {
                 let engine = self.engine().clone();
                 let refuse_sockets = self.config().admission.refuse_socket_imports;
-                blocking(move || {
+                let loaded = blocking(move || {
                     let loaded = engine.load(&bytes)?;
                     if refuse_sockets
                         && let Some(rejection) = crate::inspect::socket_import(&loaded.inspection)
                     {
                         return Err(Error::Rejected(rejection));
                     }
-                    store.admit(&bytes, &loaded.inspection, &submission, signed_by)
+                    Ok((loaded.inspection.clone(), bytes))
                 })
-                .await
+                .await;
+                match loaded {
+                    Ok((inspection, bytes)) => {
+                        store
+                            .admit(&bytes, &inspection, &submission, signed_by)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(e) => Err(e),
         };
@@ -237,8 +243,7 @@ impl Node {
         let store = self.skills()?.clone();
         let config = self.config().admission.clone();
         let ttl = ttl.unwrap_or(config.default_expiry);
-        let reviewer = reviewer.to_string();
-        let changed = blocking(move || store.approve(&digest, &reviewer, ttl, &config)).await?;
+        let changed = store.approve(&digest, reviewer, ttl, &config).await?;
         self.record_change(&changed, false).await?;
         Ok(changed.record)
     }
@@ -274,12 +279,7 @@ impl Node {
         automatic: bool,
     ) -> Result<SkillRecord, Error> {
         let store = self.skills()?.clone();
-        let (actor, reason) = (actor.to_string(), reason.to_string());
-        let changed = blocking(move || match to {
-            State::Revoked => store.revoke(&digest, &actor, &reason),
-            _ => store.quarantine(&digest, &actor, &reason),
-        })
-        .await?;
+        let changed = store.hold(&digest, actor, reason, to).await?;
         let reason = changed.record.reason.clone().unwrap_or_default();
         self.running
             .stop(&digest, &format!("skill {digest} was {to}: {reason}"));
@@ -324,24 +324,26 @@ impl Node {
         mut request: RunRequest,
     ) -> Result<RunReport, Error> {
         let store = self.skills()?.clone();
-        let check = store.clone();
+        store.available()?;
+        let record = store
+            .get(&digest)
+            .await?
+            .ok_or_else(|| Error::Admission(format!("no admitted skill has digest {digest}")))?;
+        if let Some(refusal) = record.refusal() {
+            return Err(Error::Admission(refusal));
+        }
+        // Compiled code already in memory was checked when it was read;
+        // from storage, the bytes are hashed again.
         let engine = self.engine().clone();
-        let (record, skill) = blocking(move || {
-            let record = check.get(&digest)?.ok_or_else(|| {
-                Error::Admission(format!("no admitted skill has digest {digest}"))
-            })?;
-            if let Some(refusal) = record.refusal() {
-                return Err(Error::Admission(refusal));
+        let skill = match engine.loaded(&digest) {
+            Some(skill) => skill,
+            None => {
+                let bytes = store
+                    .load(&digest, engine.config().max_component_size)
+                    .await?;
+                blocking(move || engine.load(&bytes)).await?
             }
-            // Compiled code already in memory was checked when it was read;
-            // from disk, the bytes are hashed again.
-            let skill = match engine.loaded(&digest) {
-                Some(skill) => skill,
-                None => engine.load(&check.load(&digest)?)?,
-            };
-            Ok((record, skill))
-        })
-        .await?;
+        };
         request.subject.skill = SkillIdentity {
             digest: digest.to_hex(),
             name: record.name.clone(),
@@ -362,7 +364,7 @@ impl Node {
     /// or revoked, by this process or another.
     pub(crate) fn hold_on(
         &self,
-        store: Arc<SkillStore>,
+        store: Arc<dyn Registry>,
         digest: SkillDigest,
         stop: Stopper,
     ) -> Held {
@@ -390,9 +392,8 @@ impl Node {
             return;
         }
         // Already held (by another run, or by someone): nothing to add.
-        let store = self.store.clone();
-        let current = match store {
-            Some(store) => blocking(move || store.get(&digest)).await,
+        let current = match &self.store {
+            Some(store) => store.get(&digest).await,
             None => return,
         };
         if !matches!(current, Ok(Some(record)) if record.state == State::Approved) {
@@ -413,30 +414,10 @@ impl Node {
     }
 }
 
-/// Stop the instance if another process quarantines or revokes its skill.
-async fn watch(store: Arc<SkillStore>, digest: SkillDigest, stop: Stopper) {
-    let mut seen = None;
-    loop {
-        tokio::time::sleep(WATCH_EVERY).await;
-        let store = store.clone();
-        let news = tokio::task::spawn_blocking(move || {
-            let version = store.data_version()?;
-            if seen == Some(version) {
-                return Ok((version, None));
-            }
-            Ok::<_, Error>((version, store.get(&digest)?))
-        })
-        .await;
-        let Ok(Ok((version, record))) = news else {
-            continue;
-        };
-        seen = Some(version);
-        if let Some(record) = record
-            && matches!(record.state, State::Quarantined | State::Revoked)
-        {
-            let reason = record.reason.unwrap_or_default();
-            stop.stop(format!("skill {digest} was {}: {reason}", record.state));
-            return;
-        }
-    }
+/// Stop the instance if another process or node quarantines or revokes its
+/// skill.
+async fn watch(store: Arc<dyn Registry>, digest: SkillDigest, stop: Stopper) {
+    let record = store.held(&digest).await;
+    let reason = record.reason.unwrap_or_default();
+    stop.stop(format!("skill {digest} was {}: {reason}", record.state));
 }

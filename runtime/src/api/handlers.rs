@@ -126,22 +126,23 @@ fn digest(text: &str) -> Result<SkillDigest, ApiError> {
     })
 }
 
-fn record_or_404(api: &Api, digest: &SkillDigest) -> Result<SkillRecord, ApiError> {
+async fn record_or_404(api: &Api, digest: &SkillDigest) -> Result<SkillRecord, ApiError> {
     api.node()
         .skills()?
-        .get(digest)?
+        .get(digest)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no admitted skill has digest {digest}")))
 }
 
 /// The skill, if the caller may do `action` to it.
-fn skill_for(
+async fn skill_for(
     api: &Api,
     principal: &Principal,
     text: &str,
     action: ControlAction,
 ) -> Result<SkillRecord, ApiError> {
     let digest = digest(text)?;
-    let record = record_or_404(api, &digest)?;
+    let record = record_or_404(api, &digest).await?;
     // What the caller may not read (another tenant's) does not exist for it.
     if action != ControlAction::Read
         && api
@@ -170,7 +171,7 @@ async fn list_skills(
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<Vec<SkillRecord>>, ApiError> {
     api.authorize(&principal, ControlAction::List, None)?;
-    let all = api.node().skills()?.list()?;
+    let all = api.node().skills()?.list().await?;
     Ok(Json(
         all.into_iter()
             .filter(|r| {
@@ -187,12 +188,9 @@ async fn get_skill(
     Extension(principal): Extension<Principal>,
     Path(text): Path<String>,
 ) -> Result<Json<SkillRecord>, ApiError> {
-    Ok(Json(skill_for(
-        &api,
-        &principal,
-        &text,
-        ControlAction::Read,
-    )?))
+    Ok(Json(
+        skill_for(&api, &principal, &text, ControlAction::Read).await?,
+    ))
 }
 
 /// The `metadata` part of a submission.
@@ -360,7 +358,9 @@ async fn approve(
             ApiError::bad_request("unreadable_body", "the request body could not be read")
         }
     })?;
-    let digest = skill_for(&api, &principal, &text, ControlAction::Approve)?.digest;
+    let digest = skill_for(&api, &principal, &text, ControlAction::Approve)
+        .await?
+        .digest;
     // The body is optional: empty means the default expiry.
     let approval: Approval = if body.iter().all(u8::is_ascii_whitespace) {
         Approval::default()
@@ -439,7 +439,7 @@ async fn hold(
     } else {
         ControlAction::Quarantine
     };
-    let digest = skill_for(&api, &principal, &text, action)?.digest;
+    let digest = skill_for(&api, &principal, &text, action).await?.digest;
     let node = api.node();
     let record = if to == crate::admission::State::Revoked {
         node.revoke(digest, &principal.name, &hold.reason).await?
@@ -492,7 +492,9 @@ async fn run(
     Extension(principal): Extension<Principal>,
     Body(body): Body<RunBody>,
 ) -> Result<Response, ApiError> {
-    let digest = skill_for(&api, &principal, &body.skill, ControlAction::Run)?.digest;
+    let digest = skill_for(&api, &principal, &body.skill, ControlAction::Run)
+        .await?
+        .digest;
     let sensitivity: Sensitivity = match body.task.sensitivity.as_deref() {
         Some(text) => text
             .parse()

@@ -64,13 +64,17 @@ impl Tools {
 
     /// Tool name -> skill, for the approved skills `principal` may run.
     /// A name shared by several skills gets each one's short digest.
-    fn runnable(&self, principal: &Principal) -> Result<Vec<(String, SkillRecord)>, ErrorData> {
-        let records = self
+    async fn runnable(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<(String, SkillRecord)>, ErrorData> {
+        let store = self
             .api
             .node()
             .skills()
-            .and_then(|store| store.list())
-            .map_err(|e| internal(&e.into()))?;
+            .map_err(|e| internal(&e.into()))?
+            .clone();
+        let records = store.list().await.map_err(|e| internal(&e.into()))?;
         let mine: Vec<SkillRecord> = records
             .into_iter()
             .filter(|r| r.state == State::Approved)
@@ -298,7 +302,8 @@ impl ServerHandler for Tools {
     ) -> Result<ListToolsResult, ErrorData> {
         let principal = self.principal(&context)?;
         let tools = self
-            .runnable(&principal)?
+            .runnable(&principal)
+            .await?
             .into_iter()
             .map(|(name, record)| {
                 let schema: JsonObject = match &record.input_schema {
@@ -329,7 +334,8 @@ impl ServerHandler for Tools {
     ) -> Result<CallToolResponse, ErrorData> {
         let principal = self.principal(&context)?;
         let Some((name, record)) = self
-            .runnable(&principal)?
+            .runnable(&principal)
+            .await?
             .into_iter()
             .find(|(name, _)| *name == request.name)
         else {

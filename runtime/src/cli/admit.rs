@@ -159,7 +159,7 @@ pub enum AdminCommand {
     SigningKey(KeyCommand),
 }
 
-fn node(config: Config, data_dir: Option<PathBuf>) -> Result<Arc<Node>, Failure> {
+async fn node(config: Config, data_dir: Option<PathBuf>) -> Result<Arc<Node>, Failure> {
     let data_dir = data_dir.ok_or_else(|| {
         Failure::usage(
             "the skill store needs a data directory: pass --data-dir or set AIRLOCK_HOME",
@@ -173,6 +173,7 @@ fn node(config: Config, data_dir: Option<PathBuf>) -> Result<Arc<Node>, Failure>
             ..EngineConfig::default()
         },
         data_dir: Some(data_dir),
+        registry: crate::cluster::registry(&config).await?,
         ..NodeOptions::default()
     };
     Ok(Node::new(config, options)?)
@@ -282,9 +283,8 @@ pub async fn run(
         }
         _ => {}
     }
-    let node = node(config, data_dir)?;
+    let node = node(config, data_dir).await?;
     let store = node.skills()?.clone();
-    let resolve = |text: &str| store.resolve(text).map_err(Failure::from);
     match command {
         AdminCommand::Admit(args) => {
             let args = *args;
@@ -332,7 +332,7 @@ pub async fn run(
             actor,
         } => {
             let record = node
-                .approve(resolve(&digest)?, &actor.name()?, expires_in)
+                .approve(store.resolve(&digest).await?, &actor.name()?, expires_in)
                 .await?;
             println!(
                 "approved `{}` ({}) until it expires {}",
@@ -347,7 +347,7 @@ pub async fn run(
             actor,
         } => {
             let record = node
-                .quarantine(resolve(&digest)?, &actor.name()?, &reason)
+                .quarantine(store.resolve(&digest).await?, &actor.name()?, &reason)
                 .await?;
             held(&record);
         }
@@ -357,7 +357,7 @@ pub async fn run(
             actor,
         } => {
             let record = node
-                .revoke(resolve(&digest)?, &actor.name()?, &reason)
+                .revoke(store.resolve(&digest).await?, &actor.name()?, &reason)
                 .await?;
             held(&record);
         }
@@ -365,7 +365,7 @@ pub async fn run(
             state,
             json: as_json,
         } => {
-            let mut records = store.list()?;
+            let mut records = store.list().await?;
             if let Some(state) = &state {
                 records.retain(|r| r.state.as_str() == state.as_str());
             }
@@ -397,11 +397,12 @@ pub async fn run(
             digest,
             json: as_json,
         } => {
-            let digest = resolve(&digest)?;
+            let digest = store.resolve(&digest).await?;
             let record = store
-                .get(&digest)?
+                .get(&digest)
+                .await?
                 .ok_or_else(|| Failure::usage(format!("no admitted skill has digest {digest}")))?;
-            let history = store.history(&digest)?;
+            let history = store.history(&digest).await?;
             if as_json {
                 json(&serde_json::json!({ "skill": record, "history": history }));
             } else {

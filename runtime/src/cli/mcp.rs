@@ -41,7 +41,7 @@ pub async fn serve(
         .ok_or_else(|| {
             Failure::usage("who is the MCP client? pass --as NAME or set AIRLOCK_USER")
         })?;
-    let (node, api) = super::serve::node_and_api(config, data_dir, args.policy, None)?;
+    let (node, api) = super::serve::node_and_api(config, data_dir, args.policy, None).await?;
     // A local client runs skills; the control-plane policies still decide.
     let caller = Principal {
         name,

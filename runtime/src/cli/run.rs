@@ -232,6 +232,12 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
         policy_dir: args.policy.clone(),
         policy_mode: args.policy_mode,
         resolver: None,
+        // Admitted skills by digest come from the cluster when there is one.
+        registry: if args.dev {
+            None
+        } else {
+            crate::cluster::registry(&config).await?
+        },
     };
     let node = Node::new(config, options)?;
     let rejected = |e: crate::Error| {
@@ -290,7 +296,11 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
         }
     } else {
         let looks_like_digest = args.skill.bytes().all(|b| b.is_ascii_hexdigit());
-        let digest = match node.skills().and_then(|s| s.resolve(&args.skill)) {
+        let resolved = match node.skills() {
+            Ok(store) => store.resolve(&args.skill).await,
+            Err(e) => Err(e),
+        };
+        let digest = match resolved {
             Ok(digest) => digest,
             Err(_) if !looks_like_digest => {
                 return Err(Failure::usage(format!(

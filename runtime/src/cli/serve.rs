@@ -26,6 +26,11 @@ pub struct ServeArgs {
     /// runs still going after that are cancelled.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Share admitted skills with other nodes through this NATS server
+    /// (JetStream), for example `nats://10.0.0.5:4222`; overrides
+    /// `[cluster] url`.
+    #[arg(long, value_name = "URL")]
+    cluster: Option<String>,
 }
 
 /// Serve the API, health and the identity endpoints until Ctrl-C or
@@ -33,9 +38,15 @@ pub struct ServeArgs {
 /// grace period, cancel the rest and flush the audit log.
 pub async fn serve(
     args: ServeArgs,
-    config: Config,
+    mut config: Config,
     data_dir: Option<PathBuf>,
 ) -> Result<u8, Failure> {
+    if let Some(url) = args.cluster.clone() {
+        config.cluster = Some(crate::cluster::ClusterConfig {
+            url,
+            ..config.cluster.take().unwrap_or_default()
+        });
+    }
     let data_dir = need_data_dir(data_dir)?;
     let api_config = config.api.clone();
     if api_config.keys.is_empty() {
@@ -44,7 +55,7 @@ pub async fn serve(
         );
     }
     let max_instances = api_config.max_runs.max(16);
-    let (node, api) = node_and_api(config, data_dir, args.policy, Some(max_instances))?;
+    let (node, api) = node_and_api(config, data_dir, args.policy, Some(max_instances)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -100,7 +111,7 @@ pub async fn serve(
 }
 
 /// The node and the API over it, as `serve` and `mcp` both run them.
-pub(super) fn node_and_api(
+pub(super) async fn node_and_api(
     config: Config,
     data_dir: PathBuf,
     policy_dir: Option<PathBuf>,
@@ -108,6 +119,7 @@ pub(super) fn node_and_api(
 ) -> Result<(std::sync::Arc<Node>, std::sync::Arc<Api>), Failure> {
     let api_config = config.api.clone();
     let defaults = EngineConfig::default();
+    let registry = crate::cluster::registry(&config).await?;
     let node = Node::new(
         config,
         NodeOptions {
@@ -118,6 +130,7 @@ pub(super) fn node_and_api(
             },
             data_dir: Some(data_dir),
             policy_dir,
+            registry,
             ..NodeOptions::default()
         },
     )?;

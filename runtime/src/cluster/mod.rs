@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::Error;
+use crate::admission::registry::Registry;
 use crate::admission::{
     AdmissionConfig, Changed, SkillRecord, State, Submission, Transition, check_approval,
     check_hold, check_submission, now_ms,
@@ -67,6 +68,17 @@ impl Default for ClusterConfig {
     }
 }
 
+/// The registry a node built from `config` uses: the cluster's, connected
+/// now, when `[cluster]` is configured; `None` for the data directory's.
+pub async fn registry(
+    config: &crate::Config,
+) -> Result<Option<std::sync::Arc<dyn Registry>>, Error> {
+    match &config.cluster {
+        Some(cluster) => Ok(Some(std::sync::Arc::new(Cluster::connect(cluster).await?))),
+        None => Ok(None),
+    }
+}
+
 /// One revision of a skill's record: the record as stored (an approval
 /// never reads `expired` here) and the change that made it.
 #[derive(Serialize, Deserialize)]
@@ -87,6 +99,9 @@ pub struct Cluster {
     client: async_nats::Client,
     components: object_store::ObjectStore,
     skills: kv::Store,
+    /// Holds seen by this node's one watch of the bucket, for every
+    /// instance waiting on its skill.
+    holds: tokio::sync::broadcast::Sender<(SkillDigest, State)>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -151,11 +166,71 @@ impl Cluster {
                 .map_err(|e| failed(&format!("creating the object store {COMPONENTS_BUCKET}"), e))?
             }
         };
-        Ok(Cluster {
+        let (holds, _) = tokio::sync::broadcast::channel(1024);
+        let cluster = Cluster {
             client,
             components,
             skills,
-        })
+            holds,
+        };
+        tokio::spawn(cluster.clone().relay_holds());
+        Ok(cluster)
+    }
+
+    /// Watch the bucket for holds and pass them on to waiting instances,
+    /// watching again if the watch ends.
+    async fn relay_holds(self) {
+        loop {
+            match self.holds().await {
+                Ok(holds) => {
+                    let mut holds = Box::pin(holds);
+                    while let Some(hold) = holds.next().await {
+                        // No receivers is not an error: nothing is running.
+                        let _ = self.holds.send(hold);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot watch skill records; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The digest that `text` names: a whole digest, or a unique prefix of
+    /// at least 8 hex digits.
+    pub async fn resolve(&self, text: &str) -> Result<SkillDigest, Error> {
+        if let Ok(digest) = text.parse::<SkillDigest>() {
+            return Ok(digest);
+        }
+        let prefix = text.to_ascii_lowercase();
+        if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Admission(format!(
+                "`{}` is not a skill digest or a prefix of one (at least 8 hex characters)",
+                airlock_host_apis::escape(text, 80)
+            )));
+        }
+        let mut keys = self
+            .skills
+            .keys()
+            .await
+            .map_err(|e| failed("listing skills", e))?;
+        let mut found = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| failed("listing skills", e))?;
+            if key.starts_with(&prefix) {
+                found.push(key);
+            }
+        }
+        match found.as_slice() {
+            [one] => one
+                .parse()
+                .map_err(|_| Error::Admission(format!("`{one}` in the bucket is not a digest"))),
+            [] => Err(Error::Admission(format!(
+                "no admitted skill has digest `{prefix}…`"
+            ))),
+            _ => Err(Error::Admission(format!(
+                "more than one skill has a digest starting `{prefix}`; give more of it"
+            ))),
+        }
     }
 
     /// Whether the connection to NATS is up now.
@@ -414,7 +489,8 @@ impl Cluster {
         actor: &str,
         reason: &str,
     ) -> Result<Changed, Error> {
-        self.hold(digest, actor, reason, State::Quarantined).await
+        self.hold_as(digest, actor, reason, State::Quarantined)
+            .await
     }
 
     /// End a skill for good, on every node.
@@ -424,10 +500,10 @@ impl Cluster {
         actor: &str,
         reason: &str,
     ) -> Result<Changed, Error> {
-        self.hold(digest, actor, reason, State::Revoked).await
+        self.hold_as(digest, actor, reason, State::Revoked).await
     }
 
-    async fn hold(
+    async fn hold_as(
         &self,
         digest: &SkillDigest,
         actor: &str,
@@ -471,6 +547,95 @@ impl Cluster {
             matches!(revision.record.state, State::Quarantined | State::Revoked)
                 .then_some((revision.record.digest, revision.record.state))
         }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Registry for Cluster {
+    async fn admit(
+        &self,
+        bytes: &[u8],
+        inspection: &Inspection,
+        submission: &Submission,
+        signed_by: Option<String>,
+    ) -> Result<(SkillRecord, bool), Error> {
+        Cluster::admit(self, bytes, inspection, submission, signed_by).await
+    }
+
+    async fn get(&self, digest: &SkillDigest) -> Result<Option<SkillRecord>, Error> {
+        Cluster::get(self, digest).await
+    }
+
+    async fn list(&self) -> Result<Vec<SkillRecord>, Error> {
+        Cluster::list(self).await
+    }
+
+    async fn history(&self, digest: &SkillDigest) -> Result<Vec<Transition>, Error> {
+        Cluster::history(self, digest).await
+    }
+
+    async fn resolve(&self, text: &str) -> Result<SkillDigest, Error> {
+        Cluster::resolve(self, text).await
+    }
+
+    async fn approve(
+        &self,
+        digest: &SkillDigest,
+        reviewer: &str,
+        ttl: Duration,
+        config: &AdmissionConfig,
+    ) -> Result<Changed, Error> {
+        Cluster::approve(self, digest, reviewer, ttl, config).await
+    }
+
+    async fn hold(
+        &self,
+        digest: &SkillDigest,
+        actor: &str,
+        reason: &str,
+        to: State,
+    ) -> Result<Changed, Error> {
+        self.hold_as(digest, actor, reason, to).await
+    }
+
+    async fn load(&self, digest: &SkillDigest, max: u64) -> Result<Vec<u8>, Error> {
+        Cluster::load(self, digest, max).await
+    }
+
+    async fn held(&self, digest: &SkillDigest) -> SkillRecord {
+        // Subscribe before looking, so a hold between the two is not missed.
+        let mut holds = self.holds.subscribe();
+        loop {
+            if let Ok(Some(record)) = Cluster::get(self, digest).await
+                && matches!(record.state, State::Quarantined | State::Revoked)
+            {
+                return record;
+            }
+            loop {
+                match holds.recv().await {
+                    Ok((held, _)) if held == *digest => break,
+                    Ok(_) => continue,
+                    // Missed some: look again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn available(&self) -> Result<(), Error> {
+        if self.connected() {
+            Ok(())
+        } else {
+            Err(Error::Cluster(
+                "the connection to NATS is lost; no run starts until it is back, \
+                 so that none runs without seeing revocations"
+                    .into(),
+            ))
+        }
     }
 }
 
