@@ -440,3 +440,110 @@ fn the_cli_shares_skills_through_the_cluster_configuration() {
     let (code, stdout, stderr) = at(2, &["audit", "verify"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+
+/// Every node's audit log reaches the cluster's stream, each on its own
+/// subject with its own chain; verifying the stream checks all three with
+/// the keys each node published, and a record forged onto one node's
+/// subject is found on that node only.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_nodes_audit_chain_is_shipped_and_verified_from_the_stream() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    let mut shippers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let cluster = node(&server).await;
+        let test_node =
+            airlock_tests::TestNode::with_registry("", &[], std::sync::Arc::new(cluster.clone()));
+        let jwks = test_node.node.issuer().jwks();
+        cluster
+            .publish_keys(name, jwks["keys"].as_array().unwrap())
+            .await
+            .unwrap();
+        let path = test_node
+            .node
+            .services()
+            .audit
+            .as_ref()
+            .unwrap()
+            .path()
+            .to_path_buf();
+        shippers.push(cluster.ship_audit(name.to_string(), path.clone()));
+        nodes.push((test_node, cluster, path));
+    }
+    let (a, b, c) = (&nodes[0].0, &nodes[1].0, &nodes[2].0);
+    let (record, _) = a
+        .node
+        .admit(wasm(skills::HELLO), submission("hello"))
+        .await
+        .unwrap();
+    b.node.approve(record.digest, "bob", None).await.unwrap();
+    for _ in 0..3 {
+        let report = c
+            .node
+            .run_admitted(record.digest, request("ignored", r#"{"name": "Ada"}"#))
+            .await
+            .unwrap();
+        assert_eq!(report.status, RunStatus::Ok);
+    }
+
+    // What each node's own log holds, verified locally.
+    let local: Vec<u64> = nodes
+        .iter()
+        .map(|(node, _, path)| {
+            let found = airlock_runtime::audit::verify(path, node.node.issuer().keys()).unwrap();
+            assert!(found.problem.is_none(), "{found:?}");
+            found.records
+        })
+        .collect();
+    assert!(local.iter().all(|n| *n > 0), "{local:?}");
+    let checker = &nodes[0].1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let shipped = loop {
+        let found = checker.verify_audit().await.unwrap();
+        let counts: Vec<u64> = found.iter().map(|n| n.verification.records).collect();
+        if counts == local {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream has {counts:?} records, the logs {local:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let names: Vec<&str> = shipped.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    for node in &shipped {
+        assert!(node.verification.problem.is_none(), "{node:?}");
+    }
+    // The stream holds each log as written: C's runs are in C's chain.
+    let c_lines = checker.records_of("c").await.unwrap();
+    assert_eq!(c_lines, std::fs::read(&nodes[2].2).unwrap());
+
+    // Forge a record onto B's subject (stop B's shipper first, so only the
+    // forgery is added).
+    shippers[1].abort();
+    let forged = String::from_utf8(checker.records_of("b").await.unwrap())
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .replace("bob", "mallory");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .publish("airlock.audit.b", forged.into_bytes().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let found = checker.verify_audit().await.unwrap();
+    assert!(found[0].verification.problem.is_none());
+    let (_, why) = found[1]
+        .verification
+        .problem
+        .clone()
+        .expect("the forgery is found");
+    assert!(why.contains("sequence"), "{why}");
+    assert!(found[2].verification.problem.is_none());
+}

@@ -819,10 +819,55 @@ pub struct Verification {
     pub problem: Option<(u64, String)>,
 }
 
+/// Whose signatures a checkpoint may carry: this node's keyring, or the
+/// public keys another node published.
+pub trait Signatures {
+    /// Whether `signature` over `message` verifies with key `kid`.
+    fn check(&self, kid: &str, message: &[u8], signature: &[u8]) -> bool;
+}
+
+impl Signatures for Keyring {
+    fn check(&self, kid: &str, message: &[u8], signature: &[u8]) -> bool {
+        self.verify(kid, message, signature).unwrap_or(false)
+    }
+}
+
 /// Check a log: the chain, every checkpoint's signature, and the head file.
 pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
     let bytes =
         std::fs::read(path).map_err(|e| Error::io(format!("reading `{}`", path.display()), e))?;
+    let verification = verify_lines(&bytes, keys);
+    if verification.problem.is_some() {
+        return Ok(verification);
+    }
+    let records = verification.records;
+    // Empty after a crash (it is not fsynced): as good as absent.
+    if let Ok(text) = std::fs::read(head_path(path))
+        && !text.is_empty()
+    {
+        let head: Checkpoint = serde_json::from_slice(&text)
+            .map_err(|e| Error::Config(format!("the head file does not parse: {e}")))?;
+        // The head file names the checkpoint itself: its record is count + 1.
+        if head.count + 1 > records {
+            return Ok(Verification {
+                records,
+                problem: Some((
+                    records,
+                    format!(
+                        "the log was truncated: the head file records {} records, the log has {records}",
+                        head.count + 1
+                    ),
+                )),
+            });
+        }
+    }
+    Ok(verification)
+}
+
+/// Check the lines of a log (a file's bytes, or a node's records read
+/// back from the cluster's stream): the chain and every checkpoint's
+/// signature, and that the last records are signed.
+pub fn verify_lines(bytes: &[u8], keys: &dyn Signatures) -> Verification {
     let mut expected_prev = GENESIS.to_string();
     let mut records = 0u64;
     let mut last_checkpoint = 0u64;
@@ -834,17 +879,17 @@ pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
     for raw in bytes.split_inclusive(|b| *b == b'\n') {
         number += 1;
         let Some(line) = raw.strip_suffix(b"\n") else {
-            return Ok(bad(
+            return bad(
                 number,
                 format!("a torn last line ({} bytes without an end)", raw.len()),
                 records,
-            ));
+            );
         };
         let Ok(record) = serde_json::from_slice::<Record>(line) else {
-            return Ok(bad(number, "not a record".into(), records));
+            return bad(number, "not a record".into(), records);
         };
         if record.seq != records + 1 {
-            return Ok(bad(
+            return bad(
                 number,
                 format!(
                     "sequence {} where {} was due: a record was deleted, inserted or moved",
@@ -852,18 +897,18 @@ pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
                     records + 1
                 ),
                 records,
-            ));
+            );
         }
         if record.prev != expected_prev {
-            return Ok(bad(
+            return bad(
                 number,
                 "its `prev` is not the hash of the record before: that record was modified".into(),
                 records,
-            ));
+            );
         }
         if record.event.get("kind").and_then(|k| k.as_str()) == Some("checkpoint") {
             let Ok(checkpoint) = serde_json::from_value::<Checkpoint>(record.event.clone()) else {
-                return Ok(bad(number, "a malformed checkpoint".into(), records));
+                return bad(number, "a malformed checkpoint".into(), records);
             };
             // Version 2 signs the record's time; a version 1 signature does
             // not verify against a version 2 message, so none can be downgraded.
@@ -871,23 +916,21 @@ pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
                 None => None,
                 Some(2) => Some(record.time_ms),
                 Some(other) => {
-                    return Ok(bad(
+                    return bad(
                         number,
                         format!("a checkpoint of unknown version {other}"),
                         records,
-                    ));
+                    );
                 }
             };
             let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(&checkpoint.sig)
                 .unwrap_or_default();
-            let signed = keys
-                .verify(
-                    &checkpoint.kid,
-                    &checkpoint_message(checkpoint.count, &checkpoint.head, time_ms),
-                    &signature,
-                )
-                .unwrap_or(false);
+            let signed = keys.check(
+                &checkpoint.kid,
+                &checkpoint_message(checkpoint.count, &checkpoint.head, time_ms),
+                &signature,
+            );
             // No later line chains to the last checkpoint: its bytes must be
             // exactly what the writer writes, so nothing unsigned can change.
             let canonical = serde_json::to_value(&checkpoint)
@@ -899,12 +942,12 @@ pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
                 || checkpoint.count != records
                 || checkpoint.head != expected_prev
             {
-                return Ok(bad(
+                return bad(
                     number,
                     "a checkpoint whose signature or count does not hold: the log was rewritten"
                         .into(),
                     records,
-                ));
+                );
             }
             last_checkpoint = record.seq;
         }
@@ -912,37 +955,19 @@ pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
         expected_prev = hash(line);
     }
     if records > last_checkpoint {
-        return Ok(bad(
+        return bad(
             number,
             format!(
                 "{} records after the last checkpoint are not signed",
                 records - last_checkpoint
             ),
             records,
-        ));
+        );
     }
-    // Empty after a crash (it is not fsynced): as good as absent.
-    if let Ok(text) = std::fs::read(head_path(path))
-        && !text.is_empty()
-    {
-        let head: Checkpoint = serde_json::from_slice(&text)
-            .map_err(|e| Error::Config(format!("the head file does not parse: {e}")))?;
-        // The head file names the checkpoint itself: its record is count + 1.
-        if head.count + 1 > records {
-            return Ok(bad(
-                number,
-                format!(
-                    "the log was truncated: the head file records {} records, the log has {records}",
-                    head.count + 1
-                ),
-                records,
-            ));
-        }
-    }
-    Ok(Verification {
+    Verification {
         records,
         problem: None,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -16,8 +16,12 @@ pub enum AuditCommand {
     /// record and what is wrong with it (exit 1).
     Verify {
         /// The log (default: `<data-dir>/audit/audit.jsonl`).
-        #[arg(value_name = "PATH")]
+        #[arg(value_name = "PATH", conflicts_with = "cluster")]
         path: Option<PathBuf>,
+        /// Verify every node's records in the cluster's audit stream, each
+        /// chain with the keys its node published (needs `[cluster]`).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Print the log as OCSF events (API Activity, class 6003), one JSON
     /// object per line, for a SIEM. Checkpoints are left out.
@@ -60,13 +64,38 @@ fn log_path(path: Option<PathBuf>, data_dir: Option<&PathBuf>) -> Result<PathBuf
         .ok_or_else(|| Failure::usage("no audit log: pass a path, --data-dir or set AIRLOCK_HOME"))
 }
 
-pub fn run(
+pub async fn run(
     command: AuditCommand,
     config: &Config,
     data_dir: Option<PathBuf>,
 ) -> Result<u8, Failure> {
     match command {
-        AuditCommand::Verify { path } => {
+        AuditCommand::Verify { cluster: true, .. } => {
+            let settings = config.cluster.as_ref().ok_or_else(|| {
+                Failure::usage("--cluster needs a [cluster] section in the configuration")
+            })?;
+            let cluster = crate::cluster::Cluster::connect(settings).await?;
+            let nodes = cluster.verify_audit().await?;
+            if nodes.is_empty() {
+                println!("no node has published its keys to the cluster yet");
+            }
+            let mut code = exit::OK;
+            for node in nodes {
+                let found = node.verification;
+                match found.problem {
+                    None => println!("node {}: {} records verify", node.node, found.records),
+                    Some((line, why)) => {
+                        println!(
+                            "node {}: record {line}: {why} ({} records before it verify)",
+                            node.node, found.records
+                        );
+                        code = exit::SKILL_ERROR;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        AuditCommand::Verify { path, .. } => {
             let path = log_path(path, data_dir.as_ref())?;
             let data_dir = data_dir.ok_or_else(|| {
                 Failure::usage("verifying needs the runtime's keys: pass --data-dir")

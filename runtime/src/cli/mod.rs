@@ -160,7 +160,7 @@ pub fn main() -> ExitCode {
             Command::Audit(command) => {
                 let config = config?;
                 let data_dir = data_dir(cli.data_dir.or_else(|| config.data_dir.clone()));
-                audit::run(command, &config, data_dir)
+                audit::run(command, &config, data_dir).await
             }
             Command::Admin(command) => {
                 let config = config?;

@@ -119,7 +119,15 @@ pub(super) async fn node_and_api(
 ) -> Result<(std::sync::Arc<Node>, std::sync::Arc<Api>), Failure> {
     let api_config = config.api.clone();
     let defaults = EngineConfig::default();
-    let registry = crate::cluster::registry(&config).await?;
+    let settings = config.cluster.clone();
+    let cluster = match &settings {
+        Some(settings) => Some(crate::cluster::Cluster::connect(settings).await?),
+        None => None,
+    };
+    let registry = cluster.clone().map(|c| {
+        std::sync::Arc::new(c) as std::sync::Arc<dyn crate::admission::registry::Registry>
+    });
+    let home = data_dir.clone();
     let node = Node::new(
         config,
         NodeOptions {
@@ -134,6 +142,22 @@ pub(super) async fn node_and_api(
             ..NodeOptions::default()
         },
     )?;
+    if let (Some(cluster), Some(settings)) = (&cluster, &settings) {
+        // Others verify this node's checkpoints with the keys it publishes.
+        let name = crate::cluster::node_name(settings, &home)?;
+        let jwks = node.issuer().jwks();
+        let keys = jwks
+            .get("keys")
+            .and_then(|k| k.as_array())
+            .cloned()
+            .unwrap_or_default();
+        cluster.publish_keys(&name, &keys).await?;
+        if let Some(audit) = &node.services().audit {
+            // Runs for the life of the process.
+            drop(cluster.ship_audit(name.clone(), audit.path().to_path_buf()));
+        }
+        eprintln!("airlock: node {name} in the cluster at {}", settings.url);
+    }
     let api = Api::new(node.clone(), api_config)?;
     Ok((node, api))
 }

@@ -33,6 +33,11 @@ use crate::admission::{
 use crate::digest::SkillDigest;
 use crate::inspect::Inspection;
 
+mod audit;
+pub use audit::{
+    AUDIT_STREAM, AUDIT_SUBJECT_PREFIX, KEYS_BUCKET, NodeVerification, valid_node_name,
+};
+
 /// The object store of skill components.
 pub const COMPONENTS_BUCKET: &str = "airlock-components";
 /// The key-value bucket of skill records.
@@ -55,6 +60,10 @@ pub struct ClusterConfig {
     pub replicas: usize,
     #[serde(with = "crate::limits::humantime_serde")]
     pub connect_timeout: Duration,
+    /// This node's name in the cluster (its audit subject and its keys):
+    /// letters, digits, `-` and `_`. Default: a name made once and kept in
+    /// the data directory (`node-name`).
+    pub node: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -64,7 +73,36 @@ impl Default for ClusterConfig {
             credentials: None,
             replicas: 1,
             connect_timeout: Duration::from_secs(5),
+            node: None,
         }
+    }
+}
+
+/// This node's name: the configured one, or the one kept in `data_dir`
+/// (made on first use).
+pub fn node_name(config: &ClusterConfig, data_dir: &std::path::Path) -> Result<String, Error> {
+    if let Some(name) = &config.node {
+        if !valid_node_name(name) {
+            return Err(Error::Config(format!(
+                "cluster.node `{}`: use 1 to 64 letters, digits, `-` and `_`",
+                airlock_host_apis::escape(name, 80)
+            )));
+        }
+        return Ok(name.clone());
+    }
+    let path = data_dir.join("node-name");
+    match std::fs::read_to_string(&path) {
+        Ok(name) if valid_node_name(name.trim()) => Ok(name.trim().to_string()),
+        Ok(_) => Err(Error::Config(format!(
+            "`{}` does not hold a node name",
+            path.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let name = format!("node-{:016x}", rand::random::<u64>());
+            crate::fsutil::write_private(&path, name.as_bytes())?;
+            Ok(name)
+        }
+        Err(e) => Err(Error::io(format!("reading `{}`", path.display()), e)),
     }
 }
 
@@ -97,8 +135,10 @@ struct Current {
 #[derive(Clone)]
 pub struct Cluster {
     client: async_nats::Client,
+    js: jetstream::Context,
     components: object_store::ObjectStore,
     skills: kv::Store,
+    keys: kv::Store,
     /// Holds seen by this node's one watch of the bucket, for every
     /// instance waiting on its skill.
     holds: tokio::sync::broadcast::Sender<(SkillDigest, State)>,
@@ -166,11 +206,15 @@ impl Cluster {
                 .map_err(|e| failed(&format!("creating the object store {COMPONENTS_BUCKET}"), e))?
             }
         };
+        Cluster::audit_stream(&js, config.replicas).await?;
+        let keys = Cluster::keys_bucket(&js, config.replicas).await?;
         let (holds, _) = tokio::sync::broadcast::channel(1024);
         let cluster = Cluster {
             client,
+            js,
             components,
             skills,
+            keys,
             holds,
         };
         tokio::spawn(cluster.clone().relay_holds());

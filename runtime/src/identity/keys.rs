@@ -295,3 +295,45 @@ impl Keyring {
         Ok(kid)
     }
 }
+
+/// Public keys another node published (its JWKS): enough to check its
+/// signatures, nothing to make them.
+#[derive(Clone, Debug, Default)]
+pub struct PublicKeys {
+    keys: std::collections::HashMap<String, ed25519_dalek::VerifyingKey>,
+}
+
+impl PublicKeys {
+    /// From JWKs as `Keyring::public_jwks` writes them; others are skipped.
+    pub fn from_jwks(jwks: &[serde_json::Value]) -> Self {
+        let keys = jwks
+            .iter()
+            .filter_map(|jwk| {
+                let text = |name: &str| jwk.get(name).and_then(|v| v.as_str());
+                if text("kty") != Some("OKP") || text("crv") != Some("Ed25519") {
+                    return None;
+                }
+                let kid = text("kid")?.to_string();
+                let x = unb64(text("x")?)?;
+                let key =
+                    ed25519_dalek::VerifyingKey::from_bytes(&<[u8; 32]>::try_from(x).ok()?).ok()?;
+                Some((kid, key))
+            })
+            .collect();
+        PublicKeys { keys }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+impl crate::audit::Signatures for PublicKeys {
+    fn check(&self, kid: &str, message: &[u8], signature: &[u8]) -> bool {
+        let Some(key) = self.keys.get(kid) else {
+            return false;
+        };
+        ed25519_dalek::Signature::from_slice(signature)
+            .is_ok_and(|signature| key.verify(message, &signature).is_ok())
+    }
+}

@@ -27,7 +27,7 @@ use airlock_host_apis::Subject;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-pub use keys::Keyring;
+pub use keys::{Keyring, PublicKeys};
 
 use crate::Error;
 use crate::config::IdentityConfig;

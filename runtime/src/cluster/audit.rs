@@ -1,0 +1,306 @@
+//! Every node's audit log, shipped to one durable stream.
+//!
+//! A node writes its log locally first (a run's records are on its disk
+//! before the run's result is returned); a shipper then publishes every line
+//! as it is, up to the last checkpoint, on `airlock.audit.<node>` of the
+//! stream [`AUDIT_STREAM`]. Each node's subject is therefore its own hash
+//! chain with its own signed checkpoints, and the public keys that sign them
+//! are in [`KEYS_BUCKET`] under the node's name. [`Cluster::verify_audit`]
+//! reads every node's subject back and verifies its chain as
+//! `airlock audit verify` verifies a file. Lines carry their sequence as the
+//! message id (`<node>:<seq>`), so a line published twice (a shipper
+//! restarted before its acknowledgement arrived) is stored once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{Cluster, failed};
+use crate::Error;
+use crate::audit::{Record, Verification};
+use crate::identity::PublicKeys;
+
+/// The stream of every node's audit records.
+pub const AUDIT_STREAM: &str = "AIRLOCK_AUDIT";
+/// A node's records are on `airlock.audit.<node>`.
+pub const AUDIT_SUBJECT_PREFIX: &str = "airlock.audit.";
+/// Each node's public signing keys (its JWKS), by node name.
+pub const KEYS_BUCKET: &str = "airlock-keys";
+/// How often the shipper looks for new lines.
+const SHIP_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether `name` can be a node's name: a subject token and a key.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What verifying the cluster's audit found, node by node.
+#[derive(Debug)]
+pub struct NodeVerification {
+    pub node: String,
+    pub verification: Verification,
+}
+
+impl Cluster {
+    pub(super) async fn audit_stream(
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<(), Error> {
+        js.get_or_create_stream(stream::Config {
+            name: AUDIT_STREAM.into(),
+            description: Some("Airlock audit records, one subject per node".into()),
+            subjects: vec![format!("{AUDIT_SUBJECT_PREFIX}*")],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed(&format!("creating the stream {AUDIT_STREAM}"), e))?;
+        Ok(())
+    }
+
+    pub(super) async fn keys_bucket(
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<kv::Store, Error> {
+        match js.get_key_value(KEYS_BUCKET).await {
+            Ok(keys) => Ok(keys),
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: KEYS_BUCKET.into(),
+                    description: "Airlock nodes' public signing keys (JWKS), by node".into(),
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(&format!("creating the bucket {KEYS_BUCKET}"), e)),
+        }
+    }
+
+    /// Publish `node`'s public signing keys, for verifying its checkpoints
+    /// (and its tokens) anywhere.
+    pub async fn publish_keys(&self, node: &str, jwks: &[serde_json::Value]) -> Result<(), Error> {
+        let body = serde_json::to_vec(jwks)
+            .map_err(|e| Error::Cluster(format!("encoding the keys of node {node}: {e}")))?;
+        self.keys
+            .put(node, body.into())
+            .await
+            .map_err(|e| failed(&format!("publishing the keys of node {node}"), e))?;
+        Ok(())
+    }
+
+    /// The sequence of `node`'s last shipped record (0 for none).
+    async fn shipped(&self, node: &str) -> Result<u64, Error> {
+        let stream = self
+            .js
+            .get_stream(AUDIT_STREAM)
+            .await
+            .map_err(|e| failed(&format!("opening the stream {AUDIT_STREAM}"), e))?;
+        match stream
+            .get_last_raw_message_by_subject(&format!("{AUDIT_SUBJECT_PREFIX}{node}"))
+            .await
+        {
+            Ok(message) => {
+                let record: Record = serde_json::from_slice(&message.payload).map_err(|e| {
+                    Error::Cluster(format!(
+                        "the last shipped record of node {node} is not a record: {e}"
+                    ))
+                })?;
+                Ok(record.seq)
+            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(failed(&format!("reading what node {node} shipped"), e)),
+        }
+    }
+
+    /// Ship `node`'s log at `path` to the stream, from where it was left,
+    /// until the task is dropped; each round sends the complete lines up to
+    /// the last checkpoint.
+    pub fn ship_audit(&self, node: String, path: PathBuf) -> tokio::task::JoinHandle<()> {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut shipper = Shipper {
+                node,
+                path,
+                offset: None,
+                shipped: 0,
+            };
+            loop {
+                if let Err(e) = shipper.round(&cluster).await {
+                    tracing::warn!(node = %shipper.node, error = %e, "shipping audit records failed; retrying");
+                    shipper.offset = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                tokio::time::sleep(SHIP_EVERY).await;
+            }
+        })
+    }
+
+    /// Read every node's records back from the stream and verify each
+    /// chain with the keys the node published.
+    pub async fn verify_audit(&self) -> Result<Vec<NodeVerification>, Error> {
+        let mut names = self
+            .keys
+            .keys()
+            .await
+            .map_err(|e| failed("listing nodes", e))?;
+        let mut nodes = Vec::new();
+        while let Some(name) = names.next().await {
+            nodes.push(name.map_err(|e| failed("listing nodes", e))?);
+        }
+        nodes.sort();
+        let mut results = Vec::new();
+        for node in nodes {
+            let jwks: Vec<serde_json::Value> = match self.keys.get(&node).await {
+                Ok(Some(body)) => serde_json::from_slice(&body).unwrap_or_default(),
+                Ok(None) => Vec::new(),
+                Err(e) => return Err(failed(&format!("reading the keys of node {node}"), e)),
+            };
+            let keys = PublicKeys::from_jwks(&jwks);
+            let lines = self.records_of(&node).await?;
+            let verification = if keys.is_empty() {
+                Verification {
+                    records: 0,
+                    problem: Some((0, format!("node {node} published no usable keys"))),
+                }
+            } else {
+                crate::audit::verify_lines(&lines, &keys)
+            };
+            results.push(NodeVerification { node, verification });
+        }
+        Ok(results)
+    }
+
+    /// `node`'s shipped lines, in order, as one log.
+    pub async fn records_of(&self, node: &str) -> Result<Vec<u8>, Error> {
+        let subject = format!("{AUDIT_SUBJECT_PREFIX}{node}");
+        if self.shipped(node).await? == 0 {
+            return Ok(Vec::new());
+        }
+        let stream = self
+            .js
+            .get_stream(AUDIT_STREAM)
+            .await
+            .map_err(|e| failed(&format!("opening the stream {AUDIT_STREAM}"), e))?;
+        let reader = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(&format!("reading {subject}"), e))?;
+        let mut messages = reader
+            .messages()
+            .await
+            .map_err(|e| failed(&format!("reading {subject}"), e))?;
+        let mut lines = Vec::new();
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| failed(&format!("reading {subject}"), e))?;
+            lines.extend_from_slice(&message.payload);
+            lines.push(b'\n');
+            let pending = message.info().map(|i| i.pending).unwrap_or(0);
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(lines)
+    }
+}
+
+struct Shipper {
+    node: String,
+    path: PathBuf,
+    /// Where the next unshipped line starts in the file, once found.
+    offset: Option<u64>,
+    shipped: u64,
+}
+
+impl Shipper {
+    async fn round(&mut self, cluster: &Cluster) -> Result<(), Error> {
+        let mut file = match tokio::fs::File::open(&self.path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("reading `{}`", self.path.display()), e)),
+        };
+        let offset = match self.offset {
+            Some(offset) => offset,
+            None => {
+                self.shipped = cluster.shipped(&self.node).await?;
+                0
+            }
+        };
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| Error::io(format!("reading `{}`", self.path.display()), e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| Error::io(format!("reading `{}`", self.path.display()), e))?;
+        // Complete lines up to and including the last checkpoint: what is
+        // shipped always ends signed.
+        let mut end = 0;
+        let mut position = 0;
+        for raw in bytes.split_inclusive(|b| *b == b'\n') {
+            position += raw.len();
+            let Some(line) = raw.strip_suffix(b"\n") else {
+                break;
+            };
+            let Ok(record) = serde_json::from_slice::<Record>(line) else {
+                return Err(Error::Cluster(format!(
+                    "`{}` has a line that is not a record; verify it with `airlock audit verify`",
+                    self.path.display()
+                )));
+            };
+            if crate::audit::field(&record.event, &["kind"]) == "checkpoint" {
+                end = position;
+            }
+        }
+        let subject = format!("{AUDIT_SUBJECT_PREFIX}{}", self.node);
+        let mut acks = Vec::new();
+        let mut last = self.shipped;
+        let mut scanned = 0;
+        for raw in bytes
+            .get(..end)
+            .unwrap_or_default()
+            .split_inclusive(|b| *b == b'\n')
+        {
+            scanned += raw.len();
+            let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+            let Ok(record) = serde_json::from_slice::<Record>(line) else {
+                continue;
+            };
+            if record.seq <= self.shipped {
+                continue;
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}:{}", self.node, record.seq).as_str(),
+            );
+            let ack = cluster
+                .js
+                .publish_with_headers(subject.clone(), headers, line.to_vec().into())
+                .await
+                .map_err(|e| failed("shipping audit records", e))?;
+            acks.push(ack);
+            last = record.seq;
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| failed("shipping audit records (acknowledgement)", e))?;
+        }
+        self.shipped = last;
+        self.offset = Some(offset + scanned as u64);
+        Ok(())
+    }
+}
