@@ -439,6 +439,57 @@ fn the_cli_shares_skills_through_the_cluster_configuration() {
     // Each home has its own audit log, with its own part of the story.
     let (code, stdout, stderr) = at(2, &["audit", "verify"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
+
+    // A server on the first home joins the cluster and ships that home's
+    // log (the admission and the revocation); any machine then verifies and
+    // exports it from the stream.
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+        .args(["serve", "--listen", &listen])
+        .env("AIRLOCK_HOME", homes[0].path())
+        .env("AIRLOCK_CONFIG", &config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let verified = loop {
+        let (code, stdout, stderr) = at(2, &["audit", "verify", "--cluster"]);
+        if code == Some(0) && stdout.contains("records verify") {
+            break stdout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing shipped: {code:?} {stdout}{stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let name = std::fs::read_to_string(homes[0].path().join("node-name")).unwrap();
+    assert!(
+        verified.starts_with(&format!("node {name}: ")),
+        "{verified}"
+    );
+    let (code, exported, stderr) = at(1, &["audit", "export", "--cluster"]);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    let events: Vec<serde_json::Value> = exported
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["airlock_node"] == serde_json::Value::from(name.as_str())),
+        "{exported}"
+    );
+    assert!(
+        exported.contains("superseded"),
+        "the revocation is exported: {exported}"
+    );
 }
 
 /// Every node's audit log reaches the cluster's stream, each on its own

@@ -27,8 +27,12 @@ pub enum AuditCommand {
     /// object per line, for a SIEM. Checkpoints are left out.
     Export {
         /// The log (default: `<data-dir>/audit/audit.jsonl`).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "cluster")]
         path: Option<PathBuf>,
+        /// Export every node's records from the cluster's audit stream, each
+        /// node's chain verified first (needs `[cluster]`).
+        #[arg(long)]
+        cluster: bool,
         /// The export format.
         #[arg(long, value_enum, default_value = "ocsf")]
         format: ExportFormat,
@@ -117,7 +121,42 @@ pub async fn run(
                 }
             }
         }
-        AuditCommand::Export { path, format } => {
+        AuditCommand::Export {
+            cluster: true,
+            format,
+            ..
+        } => {
+            let ExportFormat::Ocsf = format;
+            let settings = config.cluster.as_ref().ok_or_else(|| {
+                Failure::usage("--cluster needs a [cluster] section in the configuration")
+            })?;
+            let cluster = crate::cluster::Cluster::connect(settings).await?;
+            let nodes = cluster.verify_audit().await?;
+            for node in &nodes {
+                if let Some((line, why)) = &node.verification.problem {
+                    return Err(Failure::usage(format!(
+                        "node {}: record {line}: {why}; nothing exported (`airlock audit verify --cluster`)",
+                        node.node
+                    )));
+                }
+            }
+            for node in nodes {
+                for line in node.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let Ok(record) = serde_json::from_slice::<Record>(line) else {
+                        continue;
+                    };
+                    if let Some(mut event) = crate::audit::ocsf::event(&record) {
+                        // Which node's chain the record comes from.
+                        if let Some(map) = event.as_object_mut() {
+                            map.insert("airlock_node".into(), node.node.clone().into());
+                        }
+                        println!("{event}");
+                    }
+                }
+            }
+            Ok(exit::OK)
+        }
+        AuditCommand::Export { path, format, .. } => {
             let ExportFormat::Ocsf = format;
             let path = log_path(path, data_dir.as_ref())?;
             let text = std::fs::read_to_string(&path)

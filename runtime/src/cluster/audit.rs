@@ -46,6 +46,8 @@ pub fn valid_node_name(name: &str) -> bool {
 pub struct NodeVerification {
     pub node: String,
     pub verification: Verification,
+    /// The node's lines as read from the stream.
+    pub lines: Vec<u8>,
 }
 
 impl Cluster {
@@ -175,7 +177,11 @@ impl Cluster {
             } else {
                 crate::audit::verify_lines(&lines, &keys)
             };
-            results.push(NodeVerification { node, verification });
+            results.push(NodeVerification {
+                node,
+                verification,
+                lines,
+            });
         }
         Ok(results)
     }
