@@ -481,9 +481,7 @@ fn the_cli_shares_skills_through_the_cluster_configuration() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(
-        events
-            .iter()
-            .all(|e| e["airlock_node"] == serde_json::Value::from(name.as_str())),
+        events.iter().all(|e| e["airlock_node"] == name.as_str()),
         "{exported}"
     );
     assert!(
