@@ -268,7 +268,9 @@ impl fmt::Display for Trust {
 }
 
 /// How sensitive the data a task handles is, as asserted by whoever started it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Sensitivity {
     Public,
@@ -341,7 +343,7 @@ pub struct AgentIdentity {
 }
 
 /// The task a run serves, asserted by whoever started it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Task {
     pub id: String,
     pub intent: String,

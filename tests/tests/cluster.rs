@@ -596,3 +596,118 @@ async fn every_nodes_audit_chain_is_shipped_and_verified_from_the_stream() {
     assert!(why.contains("sequence"), "{why}");
     assert!(found[2].verification.problem.is_none());
 }
+
+/// A burst of queued runs while the only node serving dies with runs in
+/// hand: every run is completed once, by the nodes that start serving
+/// later, and none is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn queued_runs_survive_a_node_dying_with_runs_in_hand() {
+    use airlock_runtime::cluster::{QueuedRun, RunOutcome};
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let cluster = node(&server).await;
+        let test_node =
+            airlock_tests::TestNode::with_registry("", &[], std::sync::Arc::new(cluster.clone()));
+        nodes.push((test_node, cluster));
+    }
+    let (record, _) = nodes[0]
+        .0
+        .node
+        .admit(wasm(skills::CAPABILITY_PROBE), submission("probe"))
+        .await
+        .unwrap();
+    nodes[1]
+        .0
+        .node
+        .approve(record.digest, "bob", None)
+        .await
+        .unwrap();
+    let ack_wait = Duration::from_secs(2);
+    // Only B serves at first, four at a time; each run takes a second.
+    let b = nodes[1]
+        .1
+        .serve_runs(nodes[1].0.node.clone(), "b".into(), 4, ack_wait);
+    let mut waiting = Vec::new();
+    for i in 0..8 {
+        let queue = nodes[0].1.clone();
+        let run = QueuedRun {
+            id: format!("run-{i}"),
+            digest: record.digest,
+            input: r#"{"calls": [{"op": "sleep", "count": 1000}]}"#.into(),
+            task: airlock_host_apis::Task {
+                id: format!("task-{i}"),
+                ..Default::default()
+            },
+            limits: airlock_runtime::Limits::default(),
+        };
+        waiting.push(tokio::spawn(async move {
+            queue.queue_run(&run, Duration::from_secs(60)).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.abort();
+    let _a = nodes[0]
+        .1
+        .serve_runs(nodes[0].0.node.clone(), "a".into(), 4, ack_wait);
+    let _c = nodes[2]
+        .1
+        .serve_runs(nodes[2].0.node.clone(), "c".into(), 4, ack_wait);
+    let mut by = std::collections::BTreeMap::new();
+    for waiter in waiting {
+        match waiter.await.unwrap().unwrap() {
+            RunOutcome::Done { node, report } => {
+                assert_eq!(report["status"], "ok", "{report}");
+                *by.entry(node).or_insert(0) += 1;
+            }
+            RunOutcome::Failed { reason } => panic!("a queued run failed: {reason}"),
+        }
+    }
+    assert_eq!(by.values().sum::<i32>(), 8, "{by:?}");
+    assert!(
+        !by.contains_key("b"),
+        "B died before completing any: {by:?}"
+    );
+    // B had started runs when it died (its own log says so): those were
+    // redelivered and completed elsewhere.
+    let b_log = nodes[1]
+        .0
+        .node
+        .services()
+        .audit
+        .as_ref()
+        .unwrap()
+        .path()
+        .to_path_buf();
+    let b_started = std::fs::read_to_string(b_log)
+        .unwrap()
+        .matches("\"run.start\"")
+        .count();
+    assert!(b_started >= 1, "B took no run before it died");
+
+    // A run that cannot start is answered as failed, not dropped.
+    let (pending, _) = nodes[0]
+        .0
+        .node
+        .admit(wasm(skills::HELLO), submission("hello"))
+        .await
+        .unwrap();
+    let run = QueuedRun {
+        id: "run-pending".into(),
+        digest: pending.digest,
+        input: "{}".into(),
+        task: Default::default(),
+        limits: airlock_runtime::Limits::default(),
+    };
+    match nodes[0]
+        .1
+        .queue_run(&run, Duration::from_secs(30))
+        .await
+        .unwrap()
+    {
+        RunOutcome::Failed { reason } => assert!(reason.contains("pending review"), "{reason}"),
+        done => panic!("a pending skill ran: {done:?}"),
+    }
+}

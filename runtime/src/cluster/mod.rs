@@ -34,8 +34,12 @@ use crate::digest::SkillDigest;
 use crate::inspect::Inspection;
 
 mod audit;
+mod runs;
 pub use audit::{
     AUDIT_STREAM, AUDIT_SUBJECT_PREFIX, KEYS_BUCKET, NodeVerification, valid_node_name,
+};
+pub use runs::{
+    MAX_DELIVER, QueuedRun, RUN_CLAIMS_BUCKET, RUNNERS, RUNS_STREAM, RUNS_SUBJECT, RunOutcome,
 };
 
 /// The object store of skill components.
@@ -139,6 +143,7 @@ pub struct Cluster {
     components: object_store::ObjectStore,
     skills: kv::Store,
     keys: kv::Store,
+    claims: kv::Store,
     /// Holds seen by this node's one watch of the bucket, for every
     /// instance waiting on its skill.
     holds: tokio::sync::broadcast::Sender<(SkillDigest, State)>,
@@ -208,6 +213,7 @@ impl Cluster {
         };
         Cluster::audit_stream(&js, config.replicas).await?;
         let keys = Cluster::keys_bucket(&js, config.replicas).await?;
+        let claims = Cluster::run_queue(&js, config.replicas).await?;
         let (holds, _) = tokio::sync::broadcast::channel(1024);
         let cluster = Cluster {
             client,
@@ -215,6 +221,7 @@ impl Cluster {
             components,
             skills,
             keys,
+            claims,
             holds,
         };
         tokio::spawn(cluster.clone().relay_holds());
