@@ -440,6 +440,11 @@ impl Config {
             if cluster.url.trim().is_empty() {
                 return Err(Error::Config("cluster.url is empty".into()));
             }
+            if cluster.run_ack_wait < std::time::Duration::from_secs(1) {
+                return Err(Error::Config(
+                    "cluster.run_ack_wait must be at least 1s".into(),
+                ));
+            }
             if cluster.replicas == 0 {
                 return Err(Error::Config("cluster.replicas must be at least 1".into()));
             }

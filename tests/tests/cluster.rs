@@ -711,3 +711,79 @@ async fn queued_runs_survive_a_node_dying_with_runs_in_hand() {
         done => panic!("a pending skill ran: {done:?}"),
     }
 }
+
+/// `POST /v1/runs` on a node that queues runs: the request is refused or
+/// answered as a local run would be, and the run happens on the node with
+/// room (here the only one serving).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_queues_runs_for_the_node_with_room() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (key, hash) = airlock_runtime::api::new_key();
+    let config = format!(
+        "[[api.keys]]\nprincipal = \"runner\"\nroles = [\"runner\", \"submitter\", \"reviewer\"]\nhash = \"{hash}\"\n"
+    );
+    let front_cluster = node(&server).await;
+    let front = airlock_tests::TestNode::with_registry(
+        &config,
+        &[],
+        std::sync::Arc::new(front_cluster.clone()),
+    );
+    let back_cluster = node(&server).await;
+    let back = airlock_tests::TestNode::with_registry(
+        &config,
+        &[],
+        std::sync::Arc::new(back_cluster.clone()),
+    );
+    let (record, _) = front
+        .node
+        .admit(wasm(skills::HELLO), submission("hello"))
+        .await
+        .unwrap();
+    let _serving =
+        back_cluster.serve_runs(back.node.clone(), "back".into(), 4, Duration::from_secs(5));
+
+    let api = airlock_runtime::api::Api::new(front.node.clone(), front.node.config().api.clone())
+        .unwrap();
+    api.queue_runs(front_cluster.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = airlock_runtime::api::router(api);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let client = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        client
+            .post(format!("http://{addr}/v1/runs"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let body = serde_json::json!({"skill": record.digest.to_hex(), "input": {"name": "Ada"}});
+    let pending = post(body.clone()).await.unwrap();
+    assert_eq!(pending.status(), reqwest::StatusCode::CONFLICT);
+    front
+        .node
+        .approve(record.digest, "bob", None)
+        .await
+        .unwrap();
+    let done = post(body).await.unwrap();
+    assert_eq!(done.status(), reqwest::StatusCode::OK);
+    let report: serde_json::Value = done.json().await.unwrap();
+    assert_eq!(report["output"], r#"{"greeting":"hello, Ada"}"#, "{report}");
+    let started = |node: &airlock_tests::TestNode| {
+        let path = node
+            .node
+            .services()
+            .audit
+            .as_ref()
+            .unwrap()
+            .path()
+            .to_path_buf();
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .matches("\"run.start\"")
+            .count()
+    };
+    assert_eq!((started(&front), started(&back)), (0, 1));
+}

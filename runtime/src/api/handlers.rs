@@ -492,9 +492,8 @@ async fn run(
     Extension(principal): Extension<Principal>,
     Body(body): Body<RunBody>,
 ) -> Result<Response, ApiError> {
-    let digest = skill_for(&api, &principal, &body.skill, ControlAction::Run)
-        .await?
-        .digest;
+    let record = skill_for(&api, &principal, &body.skill, ControlAction::Run).await?;
+    let digest = record.digest;
     let sensitivity: Sensitivity = match body.task.sensitivity.as_deref() {
         Some(text) => text
             .parse()
@@ -526,6 +525,29 @@ async fn run(
         environment: body.task.environment,
         requester: principal.name.clone(),
     };
+    if let Some(cluster) = api.queue.get() {
+        // Refused here, as a local run would be, before taking a slot anywhere.
+        if let Some(refusal) = record.refusal() {
+            return Err(crate::Error::Admission(refusal).into());
+        }
+        let _slot = api.slot(&principal.name)?;
+        let wait = limits.deadline + Duration::from_secs(30);
+        let run = crate::cluster::QueuedRun {
+            id: format!("{:032x}", rand::random::<u128>()),
+            digest,
+            input,
+            task,
+            limits,
+        };
+        return match cluster.queue_run(&run, wait).await? {
+            crate::cluster::RunOutcome::Done { report, .. } => Ok(Json(report).into_response()),
+            crate::cluster::RunOutcome::Failed { reason } => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "run_not_completed",
+                reason,
+            )),
+        };
+    }
     let report = run_skill(&api, &principal, digest, input, task, limits).await?;
     Ok(Json(report).into_response())
 }

@@ -194,6 +194,14 @@ impl From<Error> for ApiError {
                 e.to_string(),
             ),
             Error::Admission(why) => ApiError::new(StatusCode::CONFLICT, "refused", why),
+            Error::Cluster(why) => {
+                tracing::error!(error = %why, "the cluster failed a request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    "the cluster cannot serve this now; try again later",
+                )
+            }
             other => {
                 // Paths and upstream detail stay in the server's log.
                 tracing::error!(error = %other, "a request failed inside the runtime");
@@ -296,6 +304,16 @@ pub struct Api {
     shutdown: tokio_util::sync::CancellationToken,
     /// Runs in progress, over all and per principal.
     runs: Mutex<(u32, HashMap<String, u32>)>,
+    /// Where runs go when they are queued for any node of a cluster.
+    queue: std::sync::OnceLock<crate::cluster::Cluster>,
+}
+
+impl Api {
+    /// Queue `POST /v1/runs` on the cluster's work queue: any node with
+    /// room runs them. Set once, when the server joins a cluster.
+    pub fn queue_runs(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.queue.set(cluster);
+    }
 }
 
 impl std::fmt::Debug for Api {
@@ -367,6 +385,7 @@ impl Api {
             mcp_sessions: Mutex::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             runs: Mutex::default(),
+            queue: std::sync::OnceLock::new(),
         }))
     }
 

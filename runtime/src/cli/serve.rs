@@ -158,7 +158,21 @@ pub(super) async fn node_and_api(
         }
         eprintln!("airlock: node {name} in the cluster at {}", settings.url);
     }
+    let max_runs = api_config.max_runs;
     let api = Api::new(node.clone(), api_config)?;
+    if let (Some(cluster), Some(settings)) = (&cluster, &settings)
+        && settings.queue_runs
+    {
+        let name = crate::cluster::node_name(settings, &home)?;
+        // Runs for the life of the process.
+        drop(cluster.serve_runs(
+            node.clone(),
+            name,
+            usize::try_from(max_runs).unwrap_or(usize::MAX),
+            settings.run_ack_wait,
+        ));
+        api.queue_runs(cluster.clone());
+    }
     Ok((node, api))
 }
 

@@ -64,6 +64,13 @@ pub struct ClusterConfig {
     pub replicas: usize,
     #[serde(with = "crate::limits::humantime_serde")]
     pub connect_timeout: Duration,
+    /// Queue `POST /v1/runs` for whichever node has room, instead of
+    /// running them where they arrive.
+    pub queue_runs: bool,
+    /// How long a node may hold a queued run without a sign of life before
+    /// it is given to another (renewed every quarter of it while running).
+    #[serde(with = "crate::limits::humantime_serde")]
+    pub run_ack_wait: Duration,
     /// This node's name in the cluster (its audit subject and its keys):
     /// letters, digits, `-` and `_`. Default: a name made once and kept in
     /// the data directory (`node-name`).
@@ -77,6 +84,8 @@ impl Default for ClusterConfig {
             credentials: None,
             replicas: 1,
             connect_timeout: Duration::from_secs(5),
+            queue_runs: false,
+            run_ack_wait: Duration::from_secs(30),
             node: None,
         }
     }
