@@ -3,6 +3,9 @@
 //! `Registry::held` resolves, which stops them). One `nats-server -js`, two
 //! nodes' connections, one skill quarantined and approved again in turn.
 //!
+//! Queued-run throughput: `hello` runs queued from one connection and served
+//! by one node, then by three nodes in the same process (the same 2 cores).
+//!
 //! Run with `cargo bench -p airlock-tests --bench cluster` (needs
 //! `nats-server`; `RUST_BACKTRACE` unset).
 
@@ -21,8 +24,91 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+const QUEUED: usize = 2_000;
+const IN_FLIGHT: usize = 256;
+
+/// Queued runs per second with `serving` nodes, each taking 16 at a time.
+async fn queued_throughput(serving: usize) -> Option<f64> {
+    use airlock_runtime::cluster::{QueuedRun, RunOutcome};
+    let server = NatsServer::start()?;
+    let config = ClusterConfig {
+        url: server.url(),
+        ..ClusterConfig::default()
+    };
+    let front = Cluster::connect(&config).await.expect("a connection");
+    let mut nodes = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..serving {
+        let cluster = Cluster::connect(&config).await.expect("a node");
+        let node = airlock_tests::TestNode::with_registry("", &[], Arc::new(cluster.clone()));
+        servers.push(cluster.serve_runs(
+            node.node.clone(),
+            format!("node-{i}"),
+            16,
+            Duration::from_secs(30),
+        ));
+        nodes.push(node);
+    }
+    let bytes = wasm(skills::HELLO);
+    let (record, _) = nodes[0]
+        .node
+        .admit(
+            bytes,
+            Submission {
+                name: "hello".into(),
+                agent: "planner".into(),
+                submitter: "alice".into(),
+                ..Submission::default()
+            },
+        )
+        .await
+        .expect("admits");
+    nodes[0]
+        .node
+        .approve(record.digest, "bob", None)
+        .await
+        .expect("approves");
+    let room = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let started = Instant::now();
+    let mut waiting = Vec::with_capacity(QUEUED);
+    for i in 0..QUEUED {
+        let permit = room.clone().acquire_owned().await.expect("room");
+        let front = front.clone();
+        let run = QueuedRun {
+            id: format!("bench-{serving}-{i}"),
+            digest: record.digest,
+            input: r#"{"name": "Ada"}"#.into(),
+            task: Default::default(),
+            limits: airlock_runtime::Limits::default(),
+        };
+        waiting.push(tokio::spawn(async move {
+            let outcome = front.queue_run(&run, Duration::from_secs(120)).await;
+            drop(permit);
+            matches!(outcome, Ok(RunOutcome::Done { .. }))
+        }));
+    }
+    let mut done = 0;
+    for waiter in waiting {
+        done += usize::from(waiter.await.expect("a waiter"));
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(done, QUEUED, "queued runs were lost");
+    for server in servers {
+        server.abort();
+    }
+    Some(QUEUED as f64 / elapsed.as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() {
+    for serving in [1, 3] {
+        match queued_throughput(serving).await {
+            Some(rate) => println!(
+                "queued runs, {serving} node(s) serving, {IN_FLIGHT} in flight: {rate:.0} runs/s ({QUEUED} runs)"
+            ),
+            None => println!("nats-server is not installed: nothing measured"),
+        }
+    }
     let Some(server) = NatsServer::start() else {
         println!("nats-server is not installed: nothing measured");
         return;
