@@ -787,3 +787,78 @@ async fn the_api_queues_runs_for_the_node_with_room() {
     };
     assert_eq!((started(&front), started(&back)), (0, 1));
 }
+
+/// A token minted on node A is introspected as active on node C while its
+/// instance runs, and inactive once it ends; C's JWKS lists A's keys. A node
+/// outside the cluster knows nothing of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_on_any_node_answers_for_tokens_minted_anywhere() {
+    use airlock_host_apis::secrets::Credentials as _;
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let config = "[credentials.id]\nkind = \"minted\"\ndestination = \"https://api.example\"\n";
+    let mut nodes = Vec::new();
+    for name in ["a", "c"] {
+        let cluster = node(&server).await;
+        let test_node = airlock_tests::TestNode::with_registry(
+            config,
+            &[],
+            std::sync::Arc::new(cluster.clone()),
+        );
+        let jwks = test_node.node.issuer().jwks();
+        cluster
+            .publish_keys(name, jwks["keys"].as_array().unwrap())
+            .await
+            .unwrap();
+        test_node.node.issuer().share(std::sync::Arc::new(cluster));
+        nodes.push(test_node);
+    }
+    let outsider = airlock_tests::TestNode::new(config, &[]);
+    let (a, c) = (&nodes[0], &nodes[1]);
+
+    let mut subject = airlock_host_apis::Subject {
+        instance: "instance-on-a".into(),
+        ..Default::default()
+    };
+    subject.skill.digest = "d".repeat(64);
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(60);
+    a.node.vault().started(&subject, deadline);
+    let token = a
+        .node
+        .vault()
+        .mint(&subject, "id", "https://api.example")
+        .await
+        .unwrap();
+
+    let on_c = c.node.issuer().introspect_anywhere(&token).await;
+    assert_eq!(on_c["active"], true, "{on_c}");
+    assert!(
+        on_c["sub"]
+            .as_str()
+            .unwrap()
+            .ends_with("/run/instance-on-a")
+    );
+    let a_kid = a.node.issuer().jwks()["keys"][0]["kid"].clone();
+    let c_jwks = c.node.issuer().jwks_anywhere().await;
+    assert!(
+        c_jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == a_kid),
+        "{c_jwks}"
+    );
+    let outside = outsider.node.issuer().introspect_anywhere(&token).await;
+    assert_eq!(outside["active"], false);
+
+    if let Some(revocation) = a.node.vault().ended(&subject.instance) {
+        revocation.await;
+    }
+    let after = c.node.issuer().introspect_anywhere(&token).await;
+    assert_eq!(after["active"], false, "{after}");
+    assert_eq!(
+        a.node.issuer().introspect_anywhere(&token).await["active"],
+        false
+    );
+}

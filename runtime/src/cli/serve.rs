@@ -152,6 +152,8 @@ pub(super) async fn node_and_api(
             .cloned()
             .unwrap_or_default();
         cluster.publish_keys(&name, &keys).await?;
+        // Introspection here answers for tokens minted on any node.
+        node.issuer().share(std::sync::Arc::new(cluster.clone()));
         if let Some(audit) = &node.services().audit {
             // Runs for the life of the process.
             drop(cluster.ship_audit(name.clone(), audit.path().to_path_buf()));

@@ -310,3 +310,83 @@ impl Shipper {
         Ok(())
     }
 }
+
+/// Instances running with tokens, on any node: their key is the instance
+/// id, their value the tokens' latest expiry; removed when the instance
+/// ends.
+pub const LIVE_TOKENS_BUCKET: &str = "airlock-live-tokens";
+
+impl Cluster {
+    pub(super) async fn live_tokens_bucket(
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> Result<kv::Store, Error> {
+        match js.get_key_value(LIVE_TOKENS_BUCKET).await {
+            Ok(live) => Ok(live),
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: LIVE_TOKENS_BUCKET.into(),
+                    description: "Airlock instances holding tokens, on any node".into(),
+                    history: 1,
+                    // No instance outlives its deadline; this only bounds
+                    // what a node that died leaves behind.
+                    max_age: Duration::from_secs(24 * 3600),
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed(&format!("creating the bucket {LIVE_TOKENS_BUCKET}"), e)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::identity::SharedTokens for Cluster {
+    async fn started(&self, instance: &str, exp: u64) -> Result<(), Error> {
+        self.live
+            .put(
+                instance,
+                serde_json::json!({ "exp": exp }).to_string().into(),
+            )
+            .await
+            .map_err(|e| failed("recording an instance's tokens", e))?;
+        Ok(())
+    }
+
+    async fn ended(&self, instance: &str) {
+        if let Err(e) = self.live.delete(instance).await {
+            // Its tokens still expire with the instance's deadline.
+            tracing::warn!(%instance, error = %e, "could not end an instance's tokens in the cluster");
+        }
+    }
+
+    async fn live(&self, instance: &str) -> bool {
+        let Ok(Some(entry)) = self.live.entry(instance).await else {
+            return false;
+        };
+        if entry.operation != kv::Operation::Put {
+            return false;
+        }
+        let exp = serde_json::from_slice::<serde_json::Value>(&entry.value)
+            .ok()
+            .and_then(|v| v.get("exp").and_then(|e| e.as_u64()))
+            .unwrap_or(0);
+        exp.saturating_mul(1000) > crate::admission::now_ms()
+    }
+
+    async fn public_keys(&self) -> Vec<serde_json::Value> {
+        let mut all = Vec::new();
+        let Ok(mut names) = self.keys.keys().await else {
+            return all;
+        };
+        while let Some(Ok(name)) = names.next().await {
+            if let Ok(Some(body)) = self.keys.get(&name).await
+                && let Ok(keys) = serde_json::from_slice::<Vec<serde_json::Value>>(&body)
+            {
+                all.extend(keys);
+            }
+        }
+        all
+    }
+}

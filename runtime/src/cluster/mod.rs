@@ -36,7 +36,8 @@ use crate::inspect::Inspection;
 mod audit;
 mod runs;
 pub use audit::{
-    AUDIT_STREAM, AUDIT_SUBJECT_PREFIX, KEYS_BUCKET, NodeVerification, valid_node_name,
+    AUDIT_STREAM, AUDIT_SUBJECT_PREFIX, KEYS_BUCKET, LIVE_TOKENS_BUCKET, NodeVerification,
+    valid_node_name,
 };
 pub use runs::{
     MAX_DELIVER, QueuedRun, RUN_CLAIMS_BUCKET, RUNNERS, RUNS_STREAM, RUNS_SUBJECT, RunOutcome,
@@ -153,6 +154,7 @@ pub struct Cluster {
     skills: kv::Store,
     keys: kv::Store,
     claims: kv::Store,
+    live: kv::Store,
     /// Holds seen by this node's one watch of the bucket, for every
     /// instance waiting on its skill.
     holds: tokio::sync::broadcast::Sender<(SkillDigest, State)>,
@@ -223,6 +225,7 @@ impl Cluster {
         Cluster::audit_stream(&js, config.replicas).await?;
         let keys = Cluster::keys_bucket(&js, config.replicas).await?;
         let claims = Cluster::run_queue(&js, config.replicas).await?;
+        let live = Cluster::live_tokens_bucket(&js, config.replicas).await?;
         let (holds, _) = tokio::sync::broadcast::channel(1024);
         let cluster = Cluster {
             client,
@@ -231,6 +234,7 @@ impl Cluster {
             skills,
             keys,
             claims,
+            live,
             holds,
         };
         tokio::spawn(cluster.clone().relay_holds());

@@ -371,6 +371,9 @@ impl Vault {
                     .issuer
                     .issue(subject, &spec.audience, unix(until))
                     .map_err(|e| unavailable(&e.to_string()))?;
+                self.share_started(subject, until)
+                    .await
+                    .map_err(|e| unavailable(&e.to_string()))?;
                 (SecretValue::new(token), until, None)
             }
             CredentialKind::Exchanged => {
@@ -382,6 +385,9 @@ impl Vault {
                 let identity = self
                     .issuer
                     .issue(subject, &audience, unix(until))
+                    .map_err(|e| unavailable(&e.to_string()))?;
+                self.share_started(subject, until)
+                    .await
                     .map_err(|e| unavailable(&e.to_string()))?;
                 let (token, lifetime, pending) = self
                     .exchanger
@@ -407,6 +413,16 @@ impl Vault {
             expires,
         };
         Ok((lease, live, pending))
+    }
+}
+
+impl Vault {
+    /// Tell the cluster, if any, that the instance holds tokens until `until`.
+    async fn share_started(&self, subject: &Subject, until: SystemTime) -> Result<(), Error> {
+        match self.issuer.shared() {
+            Some(shared) => shared.started(&subject.instance, unix(until)).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -468,6 +484,10 @@ impl Credentials for Vault {
         let token = self
             .issuer
             .issue(subject, audience, unix(until))
+            .map_err(|e| CallError::Unavailable(format!("minting `{name}`: {e}")))?;
+        // Registered before the skill has it: introspection anywhere agrees.
+        self.share_started(subject, until)
+            .await
             .map_err(|e| CallError::Unavailable(format!("minting `{name}`: {e}")))?;
         let mut held = self.held();
         let Some(state) = held.get_mut(&subject.instance) else {
@@ -569,13 +589,33 @@ impl Credentials for Vault {
     }
 
     fn ended(&self, instance: &str) -> Option<Revocation> {
+        let had_tokens = self.issuer.is_running(instance);
         self.issuer.ended(instance);
         // Dropping the leases and tokens zeroizes them.
-        let held = self.held().remove(instance)?;
-        if held.revoke.is_empty() {
-            return None;
+        let held = self.held().remove(instance);
+        let shared = self
+            .issuer
+            .shared()
+            .filter(|_| had_tokens)
+            .cloned()
+            .map(|shared| {
+                let instance = instance.to_string();
+                async move { shared.ended(&instance).await }
+            });
+        let exchanged = held
+            .filter(|held| !held.revoke.is_empty())
+            .map(|held| self.exchanger.revoke(held.revoke));
+        match (shared, exchanged) {
+            (None, None) => None,
+            (shared, exchanged) => Some(Box::pin(async move {
+                if let Some(shared) = shared {
+                    shared.await;
+                }
+                if let Some(exchanged) = exchanged {
+                    exchanged.await;
+                }
+            })),
         }
-        Some(self.exchanger.revoke(held.revoke))
     }
 }
 

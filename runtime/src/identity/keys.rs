@@ -326,6 +326,10 @@ impl PublicKeys {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+
+    pub fn knows(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
 }
 
 impl crate::audit::Signatures for PublicKeys {

@@ -99,12 +99,29 @@ pub enum Invalid {
     Expired,
 }
 
+/// What the nodes of a cluster share about tokens: which instances holding
+/// tokens are running (on any node), and every node's public keys, so that
+/// introspection on any node answers for tokens minted by any node.
+#[async_trait::async_trait]
+pub trait SharedTokens: Send + Sync + 'static {
+    /// `instance` holds tokens until `exp` (Unix seconds) or its end.
+    async fn started(&self, instance: &str, exp: u64) -> Result<(), Error>;
+    /// `instance` ended: its tokens are inactive everywhere.
+    async fn ended(&self, instance: &str);
+    /// Whether `instance` is running, on any node, with tokens.
+    async fn live(&self, instance: &str) -> bool;
+    /// Every node's public keys, as JWKs.
+    async fn public_keys(&self) -> Vec<serde_json::Value>;
+}
+
 /// The issuer: keys, the running instances that hold tokens, and signing.
 pub struct Issuer {
     config: IdentityConfig,
     keys: Arc<Keyring>,
     /// Instances with tokens, running now.
     running: Mutex<HashMap<String, u64>>,
+    /// The cluster's view, when the node is in one.
+    shared: std::sync::OnceLock<Arc<dyn SharedTokens>>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -127,6 +144,7 @@ impl Issuer {
             config,
             keys,
             running: Mutex::default(),
+            shared: std::sync::OnceLock::new(),
         }))
     }
 
@@ -136,6 +154,7 @@ impl Issuer {
         Arc::new(Issuer {
             keys: Arc::new(Keyring::ephemeral(config.max_token_ttl)),
             running: Mutex::default(),
+            shared: std::sync::OnceLock::new(),
             config,
         })
     }
@@ -146,6 +165,15 @@ impl Issuer {
 
     pub fn keys(&self) -> &Arc<Keyring> {
         &self.keys
+    }
+
+    /// Share token state with the other nodes of a cluster (set once).
+    pub fn share(&self, shared: Arc<dyn SharedTokens>) {
+        let _ = self.shared.set(shared);
+    }
+
+    pub fn shared(&self) -> Option<&Arc<dyn SharedTokens>> {
+        self.shared.get()
     }
 
     /// The SPIFFE id of an instance.
@@ -204,6 +232,34 @@ impl Issuer {
 
     /// Verify a token's signature, issuer and expiry.
     pub fn verify(&self, token: &str) -> Result<Claims, Invalid> {
+        self.verify_with(token, |kid, input, signature| {
+            self.keys.verify(kid, input, signature)
+        })
+    }
+
+    /// Verify a token whose key may be another node's.
+    async fn verify_anywhere(&self, token: &str) -> Result<Claims, Invalid> {
+        match (self.verify(token), self.shared.get()) {
+            (Err(Invalid::UnknownKey), Some(shared)) => {
+                let keys = PublicKeys::from_jwks(&shared.public_keys().await);
+                self.verify_with(token, |kid, input, signature| {
+                    use crate::audit::Signatures as _;
+                    if keys.knows(kid) {
+                        Ok(keys.check(kid, input, signature))
+                    } else {
+                        Err(Invalid::UnknownKey)
+                    }
+                })
+            }
+            (result, _) => result,
+        }
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        check: impl Fn(&str, &[u8], &[u8]) -> Result<bool, Invalid>,
+    ) -> Result<Claims, Invalid> {
         let (input, signature) = token.rsplit_once('.').ok_or(Invalid::Malformed)?;
         let (header, body) = input.split_once('.').ok_or(Invalid::Malformed)?;
         if body.contains('.') {
@@ -221,10 +277,7 @@ impl Issuer {
             return Err(Invalid::UnknownKey);
         }
         let signature = unb64(signature).ok_or(Invalid::Malformed)?;
-        if !self
-            .keys
-            .verify(&header.kid, input.as_bytes(), &signature)?
-        {
+        if !check(&header.kid, input.as_bytes(), &signature)? {
             return Err(Invalid::Signature);
         }
         let claims: Claims = unb64(body)
@@ -264,6 +317,44 @@ impl Issuer {
     /// The JWKS: every key that may still have valid tokens.
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({ "keys": self.keys.public_jwks() })
+    }
+
+    /// The JWKS, with every other node's keys when in a cluster.
+    pub async fn jwks_anywhere(&self) -> serde_json::Value {
+        let mut keys = self.keys.public_jwks();
+        if let Some(shared) = self.shared.get() {
+            for key in shared.public_keys().await {
+                if !keys.iter().any(|k| k.get("kid") == key.get("kid")) {
+                    keys.push(key);
+                }
+            }
+        }
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// RFC 7662 for a token minted on any node of the cluster: active if it
+    /// verifies with that node's keys and its instance runs anywhere.
+    pub async fn introspect_anywhere(&self, token: &str) -> serde_json::Value {
+        let Some(shared) = self.shared.get() else {
+            return self.introspect(token);
+        };
+        let inactive = serde_json::json!({ "active": false });
+        let Ok(claims) = self.verify_anywhere(token).await else {
+            return inactive;
+        };
+        let live = match claims.instance() {
+            Some(instance) => self.is_running(instance) || shared.live(instance).await,
+            None => false,
+        };
+        if !live {
+            return inactive;
+        }
+        let mut answer = serde_json::to_value(&claims).unwrap_or_default();
+        if let Some(map) = answer.as_object_mut() {
+            map.insert("active".into(), true.into());
+            map.insert("token_type".into(), "Bearer".into());
+        }
+        answer
     }
 
     /// OIDC discovery metadata.

@@ -43,7 +43,7 @@ async fn discovery(State(issuer): State<Arc<Issuer>>) -> Response {
 }
 
 async fn jwks(State(issuer): State<Arc<Issuer>>) -> Response {
-    json(issuer.jwks())
+    json(issuer.jwks_anywhere().await)
 }
 
 async fn introspect(
@@ -51,7 +51,7 @@ async fn introspect(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     match form.get("token") {
-        Some(token) => json(issuer.introspect(token)),
+        Some(token) => json(issuer.introspect_anywhere(token).await),
         None => (
             StatusCode::BAD_REQUEST,
             Json(serde_json::json!({
