@@ -226,30 +226,40 @@ impl Cluster {
         // Owned here: aborting the server aborts every run in hand.
         let mut running = tokio::task::JoinSet::new();
         loop {
-            let permit = room
+            // Wait for room, then ask for as many requests as there is room.
+            let first = room
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| Error::Cluster("the run slots closed".into()))?;
+            let mut permits = vec![first];
+            while let Ok(permit) = room.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
             while running.try_join_next().is_some() {}
             let mut batch = runners
                 .fetch()
-                .max_messages(1)
+                .max_messages(permits.len())
                 .expires(Duration::from_secs(1))
                 .messages()
                 .await
                 .map_err(|e| failed("taking a queued run", e))?;
-            let Some(message) = batch.next().await else {
-                continue;
-            };
-            let message = message.map_err(|e| failed("taking a queued run", e))?;
-            let cluster = self.clone();
-            let node = node.clone();
-            let name = name.to_string();
-            running.spawn(async move {
-                cluster.take(&node, &name, message, ack_wait).await;
-                drop(permit);
-            });
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| failed("taking a queued run", e))?;
+                let Some(permit) = permits.pop() else {
+                    break;
+                };
+                let cluster = self.clone();
+                let node = node.clone();
+                let name = name.to_string();
+                running.spawn(async move {
+                    cluster.take(&node, &name, message, ack_wait).await;
+                    drop(permit);
+                });
+                if permits.is_empty() {
+                    break;
+                }
+            }
         }
     }
 
