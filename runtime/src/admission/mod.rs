@@ -430,6 +430,37 @@ fn migrate_v1(db: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// A whole digest, or else the lower-case prefix (at least 8 hex digits)
+/// that `text` gives of one.
+pub(crate) fn digest_or_prefix(text: &str) -> Result<Result<SkillDigest, String>, Error> {
+    if let Ok(digest) = text.parse::<SkillDigest>() {
+        return Ok(Ok(digest));
+    }
+    let prefix = text.to_ascii_lowercase();
+    if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Admission(format!(
+            "`{}` is not a skill digest or a prefix of one (at least 8 hex characters)",
+            airlock_host_apis::escape(text, 80)
+        )));
+    }
+    Ok(Err(prefix))
+}
+
+/// The one digest among those `found` to start with `prefix`.
+pub(crate) fn only_match(prefix: &str, found: &[String]) -> Result<SkillDigest, Error> {
+    match found {
+        [one] => one
+            .parse()
+            .map_err(|_| Error::Admission(format!("`{one}` in the skill store is not a digest"))),
+        [] => Err(Error::Admission(format!(
+            "no admitted skill has digest `{prefix}…`"
+        ))),
+        _ => Err(Error::Admission(format!(
+            "more than one skill has a digest starting `{prefix}`; give more of it"
+        ))),
+    }
+}
+
 /// What every backend checks before admitting: the bytes are the ones
 /// inspected, and who and what the skill is are named. Returns the digest.
 pub(crate) fn check_submission(
@@ -684,16 +715,10 @@ impl SkillStore {
     /// Find a skill by its digest or a unique prefix of it (at least 8 hex
     /// characters).
     pub fn resolve(&self, text: &str) -> Result<SkillDigest, Error> {
-        if let Ok(digest) = text.parse::<SkillDigest>() {
-            return Ok(digest);
-        }
-        let prefix = text.to_ascii_lowercase();
-        if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Admission(format!(
-                "`{}` is not a skill digest or a prefix of one (at least 8 hex characters)",
-                airlock_host_apis::escape(text, 80)
-            )));
-        }
+        let prefix = match digest_or_prefix(text)? {
+            Ok(digest) => return Ok(digest),
+            Err(prefix) => prefix,
+        };
         let db = self.db();
         let mut statement = db
             .prepare("SELECT digest FROM skills WHERE substr(digest, 1, ?2) = ?1 LIMIT 2")
@@ -703,17 +728,7 @@ impl SkillStore {
             .map_err(db_error)?
             .collect::<Result<_, _>>()
             .map_err(db_error)?;
-        match found.as_slice() {
-            [one] => one
-                .parse()
-                .map_err(|_| Error::Admission(format!("`{one}` in the database is not a digest"))),
-            [] => Err(Error::Admission(format!(
-                "no admitted skill has digest `{prefix}…`"
-            ))),
-            _ => Err(Error::Admission(format!(
-                "more than one skill has a digest starting `{prefix}`; give more of it"
-            ))),
-        }
+        only_match(&prefix, &found)
     }
 
     fn require(&self, digest: &SkillDigest) -> Result<SkillRecord, Error> {

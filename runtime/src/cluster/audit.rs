@@ -73,19 +73,16 @@ impl Cluster {
         js: &jetstream::Context,
         replicas: usize,
     ) -> Result<kv::Store, Error> {
-        match js.get_key_value(KEYS_BUCKET).await {
-            Ok(keys) => Ok(keys),
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: KEYS_BUCKET.into(),
-                    description: "Airlock nodes' public signing keys (JWKS), by node".into(),
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(&format!("creating the bucket {KEYS_BUCKET}"), e)),
-        }
+        super::bucket(
+            js,
+            kv::Config {
+                bucket: KEYS_BUCKET.into(),
+                description: "Airlock nodes' public signing keys (JWKS), by node".into(),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Publish `node`'s public signing keys, for verifying its checkpoints
@@ -321,23 +318,20 @@ impl Cluster {
         js: &jetstream::Context,
         replicas: usize,
     ) -> Result<kv::Store, Error> {
-        match js.get_key_value(LIVE_TOKENS_BUCKET).await {
-            Ok(live) => Ok(live),
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: LIVE_TOKENS_BUCKET.into(),
-                    description: "Airlock instances holding tokens, on any node".into(),
-                    history: 1,
-                    // No instance outlives its deadline; this only bounds
-                    // what a node that died leaves behind.
-                    max_age: Duration::from_secs(24 * 3600),
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(&format!("creating the bucket {LIVE_TOKENS_BUCKET}"), e)),
-        }
+        super::bucket(
+            js,
+            kv::Config {
+                bucket: LIVE_TOKENS_BUCKET.into(),
+                description: "Airlock instances holding tokens, on any node".into(),
+                history: 1,
+                // No instance outlives its deadline; this only bounds what
+                // a node that died leaves behind.
+                max_age: Duration::from_secs(24 * 3600),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
     }
 }
 

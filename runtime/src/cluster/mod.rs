@@ -28,7 +28,7 @@ use crate::Error;
 use crate::admission::registry::Registry;
 use crate::admission::{
     AdmissionConfig, Changed, SkillRecord, State, Submission, Transition, check_approval,
-    check_hold, check_submission, now_ms,
+    check_hold, check_submission, digest_or_prefix, now_ms, only_match,
 };
 use crate::digest::SkillDigest;
 use crate::inspect::Inspection;
@@ -166,6 +166,21 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+/// The key-value bucket `config` names, created (on file storage) if it
+/// does not exist yet.
+async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, Error> {
+    if let Ok(store) = js.get_key_value(config.bucket.as_str()).await {
+        return Ok(store);
+    }
+    let name = config.bucket.clone();
+    js.create_key_value(kv::Config {
+        storage: jetstream::stream::StorageType::File,
+        ..config
+    })
+    .await
+    .map_err(|e| failed(&format!("creating the bucket {name}"), e))
+}
+
 fn failed(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Cluster(format!("{what}: {e}"))
 }
@@ -194,20 +209,17 @@ impl Cluster {
             .await
             .map_err(|e| failed(&format!("connecting to NATS at {}", config.url), e))?;
         let js = jetstream::new(client.clone());
-        let skills = match js.get_key_value(SKILLS_BUCKET).await {
-            Ok(skills) => skills,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: SKILLS_BUCKET.into(),
-                    description: "Airlock skill records: one key per digest".into(),
-                    history: SKILL_HISTORY,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: config.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(&format!("creating the bucket {SKILLS_BUCKET}"), e))?,
-        };
+        let skills = bucket(
+            &js,
+            kv::Config {
+                bucket: SKILLS_BUCKET.into(),
+                description: "Airlock skill records: one key per digest".into(),
+                history: SKILL_HISTORY,
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         let components = match js.get_object_store(COMPONENTS_BUCKET).await {
             Ok(store) => store,
             Err(_) => {
@@ -262,16 +274,10 @@ impl Cluster {
     /// The digest that `text` names: a whole digest, or a unique prefix of
     /// at least 8 hex digits.
     pub async fn resolve(&self, text: &str) -> Result<SkillDigest, Error> {
-        if let Ok(digest) = text.parse::<SkillDigest>() {
-            return Ok(digest);
-        }
-        let prefix = text.to_ascii_lowercase();
-        if prefix.len() < 8 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Admission(format!(
-                "`{}` is not a skill digest or a prefix of one (at least 8 hex characters)",
-                airlock_host_apis::escape(text, 80)
-            )));
-        }
+        let prefix = match digest_or_prefix(text)? {
+            Ok(digest) => return Ok(digest),
+            Err(prefix) => prefix,
+        };
         let mut keys = self
             .skills
             .keys()
@@ -284,17 +290,7 @@ impl Cluster {
                 found.push(key);
             }
         }
-        match found.as_slice() {
-            [one] => one
-                .parse()
-                .map_err(|_| Error::Admission(format!("`{one}` in the bucket is not a digest"))),
-            [] => Err(Error::Admission(format!(
-                "no admitted skill has digest `{prefix}…`"
-            ))),
-            _ => Err(Error::Admission(format!(
-                "more than one skill has a digest starting `{prefix}`; give more of it"
-            ))),
-        }
+        only_match(&prefix, &found)
     }
 
     /// Whether the connection to NATS is up now.

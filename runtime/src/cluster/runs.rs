@@ -108,21 +108,18 @@ impl Cluster {
         })
         .await
         .map_err(|e| failed(&format!("creating the stream {RUNS_STREAM}"), e))?;
-        match js.get_key_value(RUN_CLAIMS_BUCKET).await {
-            Ok(claims) => Ok(claims),
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: RUN_CLAIMS_BUCKET.into(),
-                    description: "Airlock queued runs: who runs each, and its report".into(),
-                    history: 1,
-                    max_age: Duration::from_secs(24 * 3600),
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| failed(&format!("creating the bucket {RUN_CLAIMS_BUCKET}"), e)),
-        }
+        super::bucket(
+            js,
+            kv::Config {
+                bucket: RUN_CLAIMS_BUCKET.into(),
+                description: "Airlock queued runs: who runs each, and its report".into(),
+                history: 1,
+                max_age: Duration::from_secs(24 * 3600),
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await
     }
 
     /// Queue `run` for any node and wait up to `wait` for its outcome.
