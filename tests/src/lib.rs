@@ -12,6 +12,7 @@ use airlock_runtime::{Config, Error, Limits, Node, NodeOptions};
 
 pub mod nats;
 pub mod server;
+pub mod serving;
 
 /// Paths of the guest components, and `foreach_example!` / `foreach_hostile!`.
 pub mod skills {

@@ -4,7 +4,7 @@
 //! pass, so that `cargo test` works on a fresh machine; `.ci/run` installs it
 //! and sets `AIRLOCK_REQUIRE_NATS=1`, which turns its absence into a failure.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,31 +32,17 @@ impl NatsServer {
             return None;
         }
         let store = tempfile::tempdir().unwrap();
-        let addr = free_port();
-        let child = spawn(addr, store.path());
-        let server = NatsServer {
+        let mut child = spawn(store.path());
+        let addr = wait_ready(&mut child, store.path());
+        Some(NatsServer {
             addr,
             child,
             _store: store,
-        };
-        server.wait_ready();
-        Some(server)
+        })
     }
 
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr)
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(self.addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on {}",
-                self.addr
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -67,19 +53,45 @@ impl Drop for NatsServer {
     }
 }
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-fn spawn(addr: SocketAddr, store: &Path) -> Child {
+/// The server picks its own port (`-p -1`) and writes it to a ports file
+/// once it listens: a port chosen here and released before the server binds
+/// it can be taken by a concurrent test's server or client in between.
+fn spawn(store: &Path) -> Child {
     Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p"])
-        .arg(addr.port().to_string())
+        .args(["-js", "-a", "127.0.0.1", "-p", "-1"])
         .arg("-sd")
+        .arg(store.join("jetstream"))
+        .arg("--ports_file_dir")
         .arg(store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+fn wait_ready(child: &mut Child, store: &Path) -> SocketAddr {
+    let ports = store.join(format!("nats-server_{}.ports", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("nats-server exited before it was ready: {status}");
+        }
+        // The file is written whole once every listener is up; a read that
+        // races its writing fails to parse and is retried.
+        let addr = std::fs::read(&ports)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|v| v.get("nats")?.get(0)?.as_str().map(str::to_owned))
+            .and_then(|url| url.strip_prefix("nats://")?.parse::<SocketAddr>().ok());
+        if let Some(addr) = addr
+            && TcpStream::connect(addr).is_ok()
+        {
+            return addr;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("nats-server did not start within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -680,29 +680,14 @@ fn serve_answers_with_a_key_and_stops_cleanly_on_sigterm() {
         .get(stanza.find("[[api.keys]]").unwrap_or(0)..)
         .unwrap_or_default();
     let config = write(dir.path(), "airlock.toml", stanza);
-    // A free port, then let go of it for the server.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
     let data = dir.path().join("data").display().to_string();
-    let listen = format!("127.0.0.1:{port}");
-    let server = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
-        .args([
-            "--config",
-            &config,
-            "--data-dir",
-            &data,
-            "serve",
-            "--listen",
-            &listen,
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"));
+    command.args(["--config", &config, "--data-dir", &data, "serve"]);
+    let server = airlock_tests::serving::Serving::start(command);
+    let listen = server.addr;
     let get = |path: &str, key: Option<&str>| -> Option<String> {
         use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&listen).ok()?;
+        let mut stream = std::net::TcpStream::connect(listen).ok()?;
         let auth = key
             .map(|k| format!("Authorization: Bearer {k}\r\n"))
             .unwrap_or_default();
@@ -728,14 +713,7 @@ fn serve_answers_with_a_key_and_stops_cleanly_on_sigterm() {
     assert!(skills.ends_with("[]"), "{skills}");
     let refused = get("/v1/skills", Some("airlock_wrong")).unwrap_or_default();
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
-    let pid = server.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status();
-    assert!(killed.is_ok_and(|s| s.success()));
-    let out = server.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("shutting down"),
-        "{}",
-        text(&out.stderr)
-    );
+    let (status, stderr) = server.terminate();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("shutting down"), "{stderr}");
 }

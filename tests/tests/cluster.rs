@@ -243,12 +243,15 @@ async fn every_node_sees_a_hold_as_it_happens() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_named() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("nats://127.0.0.1:{port}");
+    // Held for the whole test, so no server started in parallel can take
+    // the port; every connection is closed before a word of NATS.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
     let e = Cluster::connect(&ClusterConfig {
         url: url.clone(),
         connect_timeout: Duration::from_secs(2),
@@ -443,18 +446,12 @@ fn the_cli_shares_skills_through_the_cluster_configuration() {
     // A server on the first home joins the cluster and ships that home's
     // log (the admission and the revocation); any machine then verifies and
     // exports it from the stream.
-    let listen = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
-        .args(["serve", "--listen", &listen])
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_airlock-under-test"));
+    command
         .env("AIRLOCK_HOME", homes[0].path())
         .env("AIRLOCK_CONFIG", &config)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .arg("serve");
+    let serve = airlock_tests::serving::Serving::start(command);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let verified = loop {
         let (code, stdout, stderr) = at(2, &["audit", "verify", "--cluster"]);
@@ -473,8 +470,7 @@ fn the_cli_shares_skills_through_the_cluster_configuration() {
         "{verified}"
     );
     let (code, exported, stderr) = at(1, &["audit", "export", "--cluster"]);
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop(serve);
     assert_eq!(code, Some(0), "{stderr}");
     let events: Vec<serde_json::Value> = exported
         .lines()

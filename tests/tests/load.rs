@@ -7,30 +7,19 @@
 //! Prints runs/s and latency percentiles (`--nocapture`). Figures in
 //! docs/PERFORMANCE.md come from `cargo test --release`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use airlock_runtime::api::new_key;
+use airlock_tests::serving::Serving;
 use airlock_tests::{skills, wasm};
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
 const CONCURRENT: usize = 1000;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -145,35 +134,22 @@ async fn a_thousand_concurrent_runs_through_the_api() {
     );
     let config_path = dir.path().join("airlock.toml");
     std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("{e}"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let child = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"));
+    command
         .arg("--config")
         .arg(&config_path)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let server = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
+        .arg("serve");
+    let server = Serving::start(command);
+    let base = server.base();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(CONCURRENT)
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     let mut up = false;
     for _ in 0..200 {
-        if client
-            .get(format!("{}/healthz", server.base))
-            .send()
-            .await
-            .is_ok()
-        {
+        if client.get(format!("{base}/healthz")).send().await.is_ok() {
             up = true;
             break;
         }
@@ -188,7 +164,7 @@ async fn a_thousand_concurrent_runs_through_the_api() {
         )
         .part("component", Part::bytes(wasm(skills::HELLO)));
     let admitted: Value = client
-        .post(format!("{}/v1/skills", server.base))
+        .post(format!("{base}/v1/skills"))
         .bearer_auth(&submitter)
         .multipart(form)
         .send()
@@ -199,7 +175,7 @@ async fn a_thousand_concurrent_runs_through_the_api() {
         .unwrap_or_else(|e| panic!("{e}"));
     let digest = admitted["digest"].as_str().unwrap_or_default().to_string();
     let approved = client
-        .post(format!("{}/v1/skills/{digest}/approve", server.base))
+        .post(format!("{base}/v1/skills/{digest}/approve"))
         .bearer_auth(&reviewer)
         .send()
         .await
@@ -208,11 +184,11 @@ async fn a_thousand_concurrent_runs_through_the_api() {
 
     let pid = server.child.id();
     let bounded = tokio::time::timeout(Duration::from_secs(300), async {
-        let mut first = burst(&client, &server.base, &runner, &digest).await;
+        let mut first = burst(&client, &base, &runner, &digest).await;
         first.report("first burst: pool and allocator warm up");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let baseline = rss_kib(pid);
-        let mut second = burst(&client, &server.base, &runner, &digest).await;
+        let mut second = burst(&client, &base, &runner, &digest).await;
         second.report("second burst");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = rss_kib(pid);
@@ -245,7 +221,7 @@ async fn a_thousand_concurrent_runs_through_the_api() {
         "the server grew from {baseline} KiB to {after} KiB over 1,000 runs"
     );
     let health: Value = client
-        .get(format!("{}/healthz", server.base))
+        .get(format!("{base}/healthz"))
         .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
