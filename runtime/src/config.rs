@@ -52,6 +52,12 @@ pub struct AuditConfig {
     /// After this many identical denials in one instance, one record counts
     /// the rest.
     pub max_identical_denials: u32,
+    /// While other runs are going, a run's records wait up to this long
+    /// after the last batch so that many runs share one fsync. The last
+    /// open run's records are written at once. `0s`: every batch as soon
+    /// as the one before is on disk.
+    #[serde(with = "crate::limits::humantime_serde")]
+    pub commit_interval: Duration,
 }
 
 impl Default for AuditConfig {
@@ -59,6 +65,7 @@ impl Default for AuditConfig {
         AuditConfig {
             min_free_space: 64 << 20,
             max_identical_denials: 10,
+            commit_interval: Duration::from_millis(2),
         }
     }
 }

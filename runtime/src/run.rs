@@ -257,7 +257,7 @@ impl Drop for Unfinished {
             c.audit.settings().max_identical_denials,
         );
         // Not waited for: the writer makes it durable with its next batch.
-        let _ = c.audit.enqueue_lines(events);
+        let _ = c.audit.enqueue_run_end(events);
     }
 }
 
@@ -397,7 +397,7 @@ impl Engine {
             }
             // Written at once by the audit writer, without holding the run
             // up: a host that dies mid-run still shows what started.
-            let _ = audit.enqueue(&[crate::audit::start_event(&subject)]);
+            let _ = audit.enqueue_run_start(&crate::audit::start_event(&subject));
         }
         let session = request.session.unwrap_or_default();
         let session_view = session.clone();
@@ -607,7 +607,7 @@ impl Engine {
             // recorded is withheld.
             let events =
                 crate::audit::end_events(&subject, &report, audit.settings().max_identical_denials);
-            let ticket = audit.enqueue_lines(events);
+            let ticket = audit.enqueue_run_end(events);
             // Queued: dropping the run from here on loses no record.
             unfinished.0 = None;
             let written = audit.durable(ticket).await.map_err(|e| e.to_string());

@@ -230,8 +230,26 @@ fn main() {
         }
     };
 
+    // The same log records for a run a hundred times longer.
+    let text = (0..1500)
+        .map(|i| ["alpha", "beta", "gamma", "delta", "epsilon"][i % 5])
+        .collect::<Vec<_>>()
+        .join(" ");
+    let workloads = [
+        Workload {
+            label: "hello (no host calls)".into(),
+            skill: skill.clone(),
+            input: "{}".into(),
+        },
+        Workload {
+            label: "word-count, 1,500 words (no host calls)".into(),
+            skill: airlock.load(&wasm(skills::WORD_COUNT)).unwrap(),
+            input: serde_json::json!({ "text": text, "top": 3 }).to_string(),
+        },
+    ];
     if std::env::var_os("AIRLOCK_BENCH_AUDIT_ONLY").is_some() {
-        audit_cost(&airlock, &skill, cores);
+        audit_cost(&airlock, &workloads, cores);
+        return;
     }
     println!("warm invocation of `hello` (instantiate, call, tear down), {SAMPLES} samples");
     let ((bare_p50, bare_p99), (air_p50, air_p99)) = latencies(&rt, &bare_once, &airlock_once);
@@ -251,7 +269,7 @@ fn main() {
         us(air_p99) / us(bare_p99)
     );
 
-    audit_cost(&airlock, &skill, cores);
+    audit_cost(&airlock, &workloads, cores);
 
     println!("invocations per second ({cores} cores available)");
     let mut workers = vec![1];
@@ -282,50 +300,90 @@ fn audit_in_flight() -> usize {
         .unwrap_or(IN_FLIGHT)
 }
 
+/// A skill and its input, for measuring the audit log's cost.
+struct Workload {
+    label: String,
+    skill: Arc<airlock_runtime::LoadedSkill>,
+    input: String,
+}
+
 /// Invocations per second with the audit log off and on (durable: each
-/// run's records fsynced before its report returns), alternated twice.
-fn audit_cost(airlock: &Arc<Engine>, skill: &Arc<airlock_runtime::LoadedSkill>, cores: usize) {
+/// run's records fsynced before its report returns), alternated twice, for
+/// each workload: the log's cost per run is about fixed (two records), so
+/// its share depends on how much the run itself costs.
+fn audit_cost(airlock: &Arc<Engine>, workloads: &[Workload], cores: usize) {
     let dir = tempfile::tempdir().unwrap();
     let keys = Arc::new(airlock_runtime::identity::Keyring::ephemeral(
         Duration::from_secs(3600),
     ));
-    let log =
-        airlock_runtime::audit::AuditLog::open(&dir.path().join("audit.jsonl"), keys).unwrap();
+    let mut settings = airlock_runtime::config::AuditConfig::default();
+    // For exploring the trade: AIRLOCK_BENCH_COMMIT_US=0 syncs every batch
+    // as soon as the one before is on disk.
+    if let Some(us) = std::env::var("AIRLOCK_BENCH_COMMIT_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        settings.commit_interval = Duration::from_micros(us);
+    }
+    let interval = settings.commit_interval;
+    let log = airlock_runtime::audit::AuditLog::open(&dir.path().join("audit.jsonl"), keys)
+        .unwrap()
+        .with_settings(settings);
     let off = Arc::new(Services::default());
     let on = Arc::new(Services {
         audit: Some(Arc::new(log)),
         ..Services::default()
     });
-    let once = |services: Arc<Services>| {
-        let (airlock, skill) = (airlock.clone(), skill.clone());
+    let once = |services: Arc<Services>, workload: &Workload| {
+        let (airlock, skill) = (airlock.clone(), workload.skill.clone());
+        let input: Arc<str> = workload.input.as_str().into();
         move || {
             let (airlock, skill, services) = (airlock.clone(), skill.clone(), services.clone());
+            let input = input.clone();
             async move {
-                let report = airlock.run(&skill, request("hello", "{}"), &services).await;
-                assert_eq!(report.status, RunStatus::Ok);
+                let report = airlock
+                    .run(&skill, request("audit", &input), &services)
+                    .await;
+                assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
             }
         }
     };
     let in_flight = audit_in_flight();
-    // For profiling one phase alone.
-    if let Ok(phase) = std::env::var("AIRLOCK_BENCH_AUDIT_ONLY") {
+    // For profiling one phase alone (`off` or `durable`, with the workload
+    // numbered by AIRLOCK_BENCH_WORKLOAD, from 0); any other value measures
+    // both, alternated, and nothing else.
+    let chosen = std::env::var("AIRLOCK_BENCH_WORKLOAD")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    if let Ok(phase) = std::env::var("AIRLOCK_BENCH_AUDIT_ONLY")
+        && (phase == "off" || phase == "durable")
+        && let Some(workload) = workloads.get(chosen)
+    {
         let services = if phase == "off" { off } else { on };
-        let rate = throughput_tasks(cores, in_flight, once(services));
+        let rate = throughput_tasks(cores, in_flight, once(services, workload));
         println!("audit log {phase}, {in_flight} in flight: {rate:9.0}/s");
-        std::process::exit(0);
-    }
-    println!("audit log: invocations per second, {in_flight} runs in flight on {cores} threads");
-    let (mut best_off, mut best_on) = (0f64, 0f64);
-    for round in 1..=2 {
-        let rate_off = throughput_tasks(cores, in_flight, once(off.clone()));
-        let rate_on = throughput_tasks(cores, in_flight, once(on.clone()));
-        println!("  round {round}        off {rate_off:9.0}/s   durable {rate_on:9.0}/s");
-        best_off = best_off.max(rate_off);
-        best_on = best_on.max(rate_on);
+        return;
     }
     println!(
-        "  durable / off    {:.3} of the rate, {:.1}% lower   (target: at most 10% lower)",
-        best_on / best_off,
-        (1.0 - best_on / best_off) * 100.0
+        "audit log: invocations per second, {in_flight} runs in flight on {cores} threads, commit interval {interval:?}"
     );
+    for workload in workloads {
+        println!("  {}", workload.label);
+        let (mut best_off, mut best_on) = (0f64, 0f64);
+        for round in 1..=2 {
+            let rate_off = throughput_tasks(cores, in_flight, once(off.clone(), workload));
+            let rate_on = throughput_tasks(cores, in_flight, once(on.clone(), workload));
+            println!("    round {round}      off {rate_off:9.0}/s   durable {rate_on:9.0}/s");
+            best_off = best_off.max(rate_off);
+            best_on = best_on.max(rate_on);
+        }
+        println!(
+            "    durable / off  {:.3} of the rate, {:.1}% lower   (target: at most 10% lower); \
+             off, a run costs {:.1} µs of the {cores} cores",
+            best_on / best_off,
+            (1.0 - best_on / best_off) * 100.0,
+            cores as f64 * 1e6 / best_off
+        );
+    }
 }

@@ -371,3 +371,48 @@ fn the_last_checkpoints_time_and_layout_are_covered() {
         assert_eq!(line, lines.len() as u64, "{why}");
     }
 }
+
+/// While another run is open, a finished run's records wait for the commit
+/// interval to share a batch; the last open run's end writes them all at
+/// once, however long the interval.
+#[test]
+fn the_last_open_run_never_waits_for_the_commit_interval() {
+    let fixture = Fixture::new();
+    let log = AuditLog::open(&fixture.path(), fixture.keys.clone())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_settings(crate::config::AuditConfig {
+            commit_interval: Duration::from_secs(600),
+            ..crate::config::AuditConfig::default()
+        });
+    let durable = |ticket: &Ticket| ticket.0.outcome.get().is_some();
+    let wait = |ticket: &Ticket| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !durable(ticket) {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // A lone run: written as soon as it ends (the writer has written
+    // nothing yet, so there is no interval to wait out either).
+    let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 1}));
+    let first = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 1}))]);
+    wait(&first);
+    // Two overlapping runs, right after a batch: the first to end is held
+    // while the other is open.
+    let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 2}));
+    let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 3}));
+    let held = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 2}))]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!durable(&held), "written while another run was open");
+    let last = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 3}))]);
+    wait(&last);
+    assert!(durable(&held));
+    drop(log);
+    let ends = fixture
+        .lines()
+        .iter()
+        .filter(|l| l.contains("run.end"))
+        .count();
+    assert_eq!(ends, 3);
+    assert!(fixture.verify().problem.is_none());
+}
