@@ -548,6 +548,18 @@ mod tests {
     }
 
     #[test]
+    fn the_audit_commit_interval_reads_as_a_duration() {
+        let config: Result<Config, _> = toml::from_str("[audit]\ncommit_interval = \"0s\"\n");
+        let config = config.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.audit.commit_interval, Duration::ZERO);
+        let err = toml::from_str::<Config>("[audit]\ncommit_interval = 2\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("commit_interval"), "{err}");
+    }
+
+    #[test]
     fn namespaces_default_to_a_safe_form_of_the_skill_name() {
         let config = Config::default();
         assert_eq!(config.namespace_for("Word Count"), "word_count");
