@@ -42,6 +42,9 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
+/// The longest `audit.commit_interval` accepted.
+pub const MAX_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// The audit log: `[audit]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -435,6 +438,13 @@ impl Config {
             }
         }
         self.admission.keys()?;
+        if self.audit.commit_interval > MAX_COMMIT_INTERVAL {
+            return Err(Error::Config(format!(
+                "audit.commit_interval is {}: at most {} (every result under load may wait that long)",
+                humantime::format_duration(self.audit.commit_interval),
+                humantime::format_duration(MAX_COMMIT_INTERVAL)
+            )));
+        }
         if self.admission.default_expiry.is_zero()
             || self.admission.default_expiry > self.admission.max_expiry
         {
@@ -557,6 +567,13 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("commit_interval"), "{err}");
+        let config: Result<Config, _> = toml::from_str("[audit]\ncommit_interval = \"1h\"\n");
+        let err = config
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.check().map_err(|e| e.to_string()))
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("at most 100ms"), "{err}");
     }
 
     #[test]

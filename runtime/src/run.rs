@@ -395,8 +395,9 @@ impl Engine {
             if let Err(e) = audit.check_space() {
                 return refused(instance, &subject, skill, e.to_string());
             }
-            // Written at once by the audit writer, without holding the run
-            // up: a host that dies mid-run still shows what started.
+            // Written by the audit writer with its next batch (within the
+            // commit interval), without holding the run up: a host that
+            // dies mid-run still shows what started.
             let _ = audit.enqueue_run_start(&crate::audit::start_event(&subject));
         }
         let session = request.session.unwrap_or_default();

@@ -208,6 +208,7 @@ impl Tools for ToolRegistry {
             stop: Some(stop),
         };
         let runner = node.clone();
+        let _aside = node.services().audit.as_ref().map(|log| log.set_aside());
         let report = AbortOnDrop(tokio::spawn(async move {
             runner.engine().run(&skill, request, &services).await
         }))

@@ -230,7 +230,7 @@ fn main() {
         }
     };
 
-    // The same log records for a run a hundred times longer.
+    // The same log records for a run about ten times as long.
     let text = (0..1500)
         .map(|i| ["alpha", "beta", "gamma", "delta", "epsilon"][i % 5])
         .collect::<Vec<_>>()

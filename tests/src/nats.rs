@@ -90,6 +90,7 @@ fn wait_ready(child: &mut Child, store: &Path) -> SocketAddr {
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("nats-server did not start within 10 s");
         }
         std::thread::sleep(Duration::from_millis(20));

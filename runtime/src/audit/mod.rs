@@ -138,9 +138,11 @@ struct Queue {
     /// The writer thread holds a batch back for the commit interval, and
     /// needs waking only when waiting is no longer worth it.
     holding: bool,
-    /// Runs whose start is queued or written and whose end is not: while
-    /// any are open, their ends may share the next batch.
-    open: usize,
+    /// Runs whose start is queued or written and whose end is not, less
+    /// those set aside: while any are open, their ends may share the next
+    /// batch. Signed, so that a set-aside dropped after its run's end
+    /// still nets out.
+    open: isize,
     shutdown: bool,
 }
 
@@ -380,19 +382,16 @@ impl AuditLog {
         self.push(events, -1)
     }
 
+    /// While a run waits for a run it started (a tool), it does not count
+    /// as open: the tool's records are written as soon as it ends, as a
+    /// lone run's would be, rather than waiting for its caller.
+    pub fn set_aside(&self) -> SetAside {
+        let _ = self.inner.push(Vec::new(), -1);
+        SetAside(self.inner.clone())
+    }
+
     fn push(&self, events: Vec<Vec<u8>>, opened: isize) -> Ticket {
-        let mut queue = self
-            .inner
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        queue.pending.extend(events);
-        queue.open = queue.open.saturating_add_signed(opened);
-        let hold_over = queue.open == 0 || queue.pending.len() >= FULL_BATCH;
-        if queue.idle || (queue.holding && hold_over) {
-            self.inner.wake.notify_one();
-        }
-        Ticket(queue.batch.clone())
+        self.inner.push(events, opened)
     }
 
     /// Block until `ticket`'s batch is on disk.
@@ -431,7 +430,34 @@ impl Drop for AuditLog {
     }
 }
 
+/// A run set aside from the open count until this is dropped.
+#[must_use]
+pub struct SetAside(std::sync::Arc<Inner>);
+
+impl std::fmt::Debug for SetAside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetAside").finish_non_exhaustive()
+    }
+}
+
+impl Drop for SetAside {
+    fn drop(&mut self) {
+        let _ = self.0.push(Vec::new(), 1);
+    }
+}
+
 impl Inner {
+    fn push(&self, events: Vec<Vec<u8>>, opened: isize) -> Ticket {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.pending.extend(events);
+        queue.open = queue.open.saturating_add(opened);
+        let hold_over = queue.open <= 0 || queue.pending.len() >= FULL_BATCH;
+        if (queue.idle && !queue.pending.is_empty()) || (queue.holding && hold_over) {
+            self.wake.notify_one();
+        }
+        Ticket(queue.batch.clone())
+    }
+
     /// The writer thread: write whatever is queued, as soon as it is, until
     /// the log is dropped (and the queue is empty).
     fn run_writer(&self) {

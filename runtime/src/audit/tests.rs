@@ -374,7 +374,8 @@ fn the_last_checkpoints_time_and_layout_are_covered() {
 
 /// While another run is open, a finished run's records wait for the commit
 /// interval to share a batch; the last open run's end writes them all at
-/// once, however long the interval.
+/// once, however long the interval, and so does a tool run's end while its
+/// caller waits for it.
 #[test]
 fn the_last_open_run_never_waits_for_the_commit_interval() {
     let fixture = Fixture::new();
@@ -407,12 +408,22 @@ fn the_last_open_run_never_waits_for_the_commit_interval() {
     let last = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 3}))]);
     wait(&last);
     assert!(durable(&held));
+    // A run calling a tool (a run of its own) is set aside while it waits:
+    // the tool's records do not wait for their caller to end.
+    let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 4}));
+    let aside = log.set_aside();
+    let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 5}));
+    let tool = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 5}))]);
+    wait(&tool);
+    drop(aside);
+    let caller = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 4}))]);
+    wait(&caller);
     drop(log);
     let ends = fixture
         .lines()
         .iter()
         .filter(|l| l.contains("run.end"))
         .count();
-    assert_eq!(ends, 3);
+    assert_eq!(ends, 5);
     assert!(fixture.verify().problem.is_none());
 }
