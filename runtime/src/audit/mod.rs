@@ -304,7 +304,8 @@ impl AuditLog {
         &self.inner.path
     }
 
-    /// Use the operator's settings (free-space floor, flood bound).
+    /// Use the operator's settings (free-space floor, flood bound, commit
+    /// interval).
     pub fn with_settings(mut self, settings: crate::config::AuditConfig) -> Self {
         self.inner.commit_interval_us.store(
             micros(settings.commit_interval),
@@ -458,8 +459,9 @@ impl Inner {
         Ticket(queue.batch.clone())
     }
 
-    /// The writer thread: write whatever is queued, as soon as it is, until
-    /// the log is dropped (and the queue is empty).
+    /// The writer thread: write whatever is queued, as soon as it is or
+    /// once the commit interval allows, until the log is dropped (and the
+    /// queue is empty).
     fn run_writer(&self) {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let mut last_batch: Option<std::time::Instant> = None;
