@@ -257,7 +257,7 @@ impl Drop for Unfinished {
             c.audit.settings().max_identical_denials,
         );
         // Not waited for: the writer makes it durable with its next batch.
-        let _ = c.audit.enqueue_run_end(events);
+        let _ = c.audit.enqueue_run_end(&events);
     }
 }
 
@@ -383,6 +383,34 @@ impl Engine {
         request: RunRequest,
         services: &Services,
     ) -> RunReport {
+        let (mut report, ticket) = self.run_to_end(skill, request, services).await;
+        // Everything else the run held is gone before it waits for its
+        // records: a run woken on another thread frees its memory there, at
+        // a cost to every allocation after.
+        if let (Some(audit), Some(ticket)) = (&services.audit, ticket) {
+            // On disk before anyone sees the result; a result that cannot be
+            // recorded is withheld.
+            let written = audit.durable(ticket).await.map_err(|e| e.to_string());
+            if let Err(why) = written {
+                tracing::error!(error = %why, instance = %report.instance, "the run's audit records were not written");
+                report.status = RunStatus::AuditFailed;
+                report.output = None;
+                report.error = Some(RunError {
+                    limit: None,
+                    message: format!("the run's result is withheld: {why}"),
+                });
+            }
+        }
+        report
+    }
+
+    /// The run up to its report, and the ticket of its last audit records.
+    async fn run_to_end(
+        &self,
+        skill: &LoadedSkill,
+        request: RunRequest,
+        services: &Services,
+    ) -> (RunReport, Option<crate::audit::Ticket>) {
         let started = Instant::now();
         let limits = request.limits;
         let instance = new_instance_id();
@@ -393,7 +421,7 @@ impl Engine {
         if let Some(audit) = &services.audit {
             // Rather not run at all than run unrecorded.
             if let Err(e) = audit.check_space() {
-                return refused(instance, &subject, skill, e.to_string());
+                return (refused(instance, &subject, skill, e.to_string()), None);
             }
             // Written by the audit writer with its next batch (within the
             // commit interval), without holding the run up: a host that
@@ -586,7 +614,7 @@ impl Engine {
         {
             tracing::warn!(instance = %instance, "revoking credentials at their issuers took too long");
         }
-        let mut report = RunReport {
+        let report = RunReport {
             instance,
             skill: subject.skill.name.clone(),
             status,
@@ -603,25 +631,13 @@ impl Engine {
             logs,
             logs_dropped,
         };
-        if let Some(audit) = &services.audit {
-            // On disk before anyone sees the result; a result that cannot be
-            // recorded is withheld.
+        let ticket = services.audit.as_ref().map(|audit| {
             let events =
                 crate::audit::end_events(&subject, &report, audit.settings().max_identical_denials);
-            let ticket = audit.enqueue_run_end(events);
-            // Queued: dropping the run from here on loses no record.
-            unfinished.0 = None;
-            let written = audit.durable(ticket).await.map_err(|e| e.to_string());
-            if let Err(why) = written {
-                tracing::error!(error = %why, instance = %report.instance, "the run's audit records were not written");
-                report.status = RunStatus::AuditFailed;
-                report.output = None;
-                report.error = Some(RunError {
-                    limit: None,
-                    message: format!("the run's result is withheld: {why}"),
-                });
-            }
-        }
-        report
+            audit.enqueue_run_end(&events)
+        });
+        // Queued: dropping the run from here on loses no record.
+        unfinished.0 = None;
+        (report, ticket)
     }
 }

@@ -50,11 +50,23 @@ fn checkpoint_message(count: u64, head: &str, time_ms: Option<u64>) -> Vec<u8> {
 
 /// A record line as the writer writes it, around an event serialized already.
 fn record_line(seq: u64, time_ms: u64, prev: &str, event: &[u8]) -> Vec<u8> {
-    let mut line = format!("{{\"seq\":{seq},\"time_ms\":{time_ms},\"prev\":\"{prev}\",\"event\":")
-        .into_bytes();
-    line.extend_from_slice(event);
-    line.push(b'}');
+    let mut line = Vec::with_capacity(event.len() + 128);
+    write_record_line(&mut line, seq, time_ms, prev, event);
     line
+}
+
+/// [`record_line`], appended to `out`.
+fn write_record_line(out: &mut Vec<u8>, seq: u64, time_ms: u64, prev: &str, event: &[u8]) {
+    let mut number = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(number.format(seq).as_bytes());
+    out.extend_from_slice(b",\"time_ms\":");
+    out.extend_from_slice(number.format(time_ms).as_bytes());
+    out.extend_from_slice(b",\"prev\":\"");
+    out.extend_from_slice(prev.as_bytes());
+    out.extend_from_slice(b"\",\"event\":");
+    out.extend_from_slice(event);
+    out.push(b'}');
 }
 
 /// One line of the log.
@@ -93,6 +105,10 @@ struct Tail {
     /// The log's length after this writer's last batch; another length means
     /// another process wrote since, and the tail is read again.
     len: Option<u64>,
+    /// The last batch's bytes, kept for the next batch to write into.
+    out: Vec<u8>,
+    /// The head file's length as this writer last left it.
+    head_len: Option<u64>,
 }
 
 /// A writer of one log. Several may share a log, in one process or many:
@@ -123,16 +139,72 @@ struct Inner {
 /// A batch this many events long is written at once, interval or not.
 const FULL_BATCH: usize = 1024;
 
+/// One event as compact JSON, its strings bounded: made by [`line`] alone,
+/// so it never holds a raw newline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line(Vec<u8>);
+
+impl Line {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Events queued for one batch, copied into one buffer. Callers free their
+/// own lines: freed on the writer thread, every caller's allocations would
+/// go back to the allocator across threads, which costs the runs more than
+/// the copy.
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    /// Where each event ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Pending {
+    fn push(&mut self, event: &[u8]) {
+        self.bytes.extend_from_slice(event);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn events(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| self.bytes.get(start..end).unwrap_or_default())
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
+/// A batch buffer bigger than this is not kept for the next batch.
+const SPARE_MAX: usize = 4 << 20;
+
 /// Events waiting to be written. The writer thread (or a blocking
 /// `flush`) takes everything queued so far as one batch (one fsync); the
 /// runs whose events are in it wait for it alone: group commit.
 #[derive(Default)]
 struct Queue {
     /// Events already serialized (by the callers, in parallel).
-    pending: Vec<Vec<u8>>,
+    pending: Pending,
+    /// The last batch's buffer, emptied, for the next one.
+    spare: Pending,
     /// The batch that pending events will go out in.
     batch: std::sync::Arc<Batch>,
     writing: bool,
+    /// Threads blocked in `flush` until a batch written by another.
+    flush_waiters: usize,
     /// The writer thread is waiting for events (and needs waking).
     idle: bool,
     /// The writer thread holds a batch back for the commit interval, and
@@ -278,6 +350,8 @@ impl AuditLog {
                 seq: 0,
                 head: GENESIS.to_string(),
                 len: None,
+                out: Vec::new(),
+                head_len: None,
             }),
             queue: Mutex::default(),
             flushed: std::sync::Condvar::new(),
@@ -287,7 +361,7 @@ impl AuditLog {
                 crate::config::AuditConfig::default().commit_interval,
             )),
         });
-        inner.write(&[])?;
+        inner.write(&Pending::default())?;
         let writer = inner.clone();
         let writer = std::thread::Builder::new()
             .name("airlock-audit".into())
@@ -363,36 +437,33 @@ impl AuditLog {
     /// Queue `events` without waiting: the writer thread writes them, in
     /// order, in its next batch. Never blocks on the disk.
     pub fn enqueue<E: Serialize>(&self, events: &[E]) -> Ticket {
-        self.enqueue_lines(events.iter().map(line).collect())
+        let lines: Vec<Line> = events.iter().map(line).collect();
+        self.enqueue_lines(&lines)
     }
 
     /// [`enqueue`](Self::enqueue) for events already made [`line`]s.
-    pub fn enqueue_lines(&self, events: Vec<Vec<u8>>) -> Ticket {
-        self.push(events, 0)
+    pub fn enqueue_lines(&self, events: &[Line]) -> Ticket {
+        self.inner.push(events, 0)
     }
 
     /// Queue a run's start record; the run is open until
     /// [`enqueue_run_end`](Self::enqueue_run_end).
     pub fn enqueue_run_start<E: Serialize>(&self, event: &E) -> Ticket {
-        self.push(vec![line(event)], 1)
+        self.inner.push(std::slice::from_ref(&line(event)), 1)
     }
 
     /// Queue a run's last records. The last open run's end is written at
     /// once; others may wait for the commit interval to share one fsync.
-    pub fn enqueue_run_end(&self, events: Vec<Vec<u8>>) -> Ticket {
-        self.push(events, -1)
+    pub fn enqueue_run_end(&self, events: &[Line]) -> Ticket {
+        self.inner.push(events, -1)
     }
 
     /// While a run waits for a run it started (a tool), it does not count
     /// as open: the tool's records are written as soon as it ends, as a
     /// lone run's would be, rather than waiting for its caller.
     pub fn set_aside(&self) -> SetAside {
-        let _ = self.inner.push(Vec::new(), -1);
+        let _ = self.inner.push(&[], -1);
         SetAside(self.inner.clone())
-    }
-
-    fn push(&self, events: Vec<Vec<u8>>, opened: isize) -> Ticket {
-        self.inner.push(events, opened)
     }
 
     /// Block until `ticket`'s batch is on disk.
@@ -443,20 +514,27 @@ impl std::fmt::Debug for SetAside {
 
 impl Drop for SetAside {
     fn drop(&mut self) {
-        let _ = self.0.push(Vec::new(), 1);
+        let _ = self.0.push(&[], 1);
     }
 }
 
 impl Inner {
-    fn push(&self, events: Vec<Vec<u8>>, opened: isize) -> Ticket {
+    fn push(&self, events: &[Line], opened: isize) -> Ticket {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.pending.extend(events);
+        for event in events {
+            queue.pending.push(event.as_bytes());
+        }
         queue.open = queue.open.saturating_add(opened);
         let hold_over = queue.open <= 0 || queue.pending.len() >= FULL_BATCH;
-        if (queue.idle && !queue.pending.is_empty()) || (queue.holding && hold_over) {
+        let wake = (queue.idle && !queue.pending.is_empty()) || (queue.holding && hold_over);
+        let ticket = Ticket(queue.batch.clone());
+        // Woken after the lock is free: a notify is a syscall, and a
+        // lock held through one stalls the other runs queueing.
+        drop(queue);
+        if wake {
             self.wake.notify_one();
         }
-        Ticket(queue.batch.clone())
+        ticket
     }
 
     /// The writer thread: write whatever is queued, as soon as it is or
@@ -494,10 +572,7 @@ impl Inner {
                     continue;
                 }
                 last_batch = Some(now);
-                let ticket = Ticket(queue.batch.clone());
-                drop(queue);
-                let _ = self.flush(ticket);
-                queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                queue = self.write_batch(queue);
                 continue;
             }
             if queue.shutdown && queue.pending.is_empty() {
@@ -525,6 +600,8 @@ impl Inner {
         if tail.len == Some(len) {
             return Ok(None);
         }
+        // Another writer was here, and may have left the head file longer.
+        tail.head_len = None;
         let (line, torn) = last_line(&tail.file, len).map_err(io)?;
         (tail.seq, tail.head) = if line.is_empty() {
             (0, GENESIS.to_string())
@@ -567,28 +644,51 @@ impl Inner {
                 return outcome;
             }
             if !queue.writing {
-                queue.writing = true;
-                let batch = std::mem::take(&mut queue.batch);
-                let events = std::mem::take(&mut queue.pending);
-                drop(queue);
-                let written = self.write(&events);
-                batch.finish(written.map(|_| ()).map_err(|e| e.to_string()));
-                queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                queue.writing = false;
-                self.flushed.notify_all();
-                // Events queued meanwhile are the writer thread's to write.
-                self.wake.notify_all();
+                queue = self.write_batch(queue);
+                // Events queued meanwhile are the writer thread's to write;
+                // it waits for them only when idle. Rare: only blocking
+                // `append` callers write batches besides the writer.
+                if queue.idle && !queue.pending.is_empty() {
+                    self.wake.notify_all();
+                }
                 continue;
             }
+            queue.flush_waiters += 1;
             queue = self
                 .flushed
                 .wait(queue)
                 .unwrap_or_else(PoisonError::into_inner);
+            queue.flush_waiters -= 1;
         }
     }
 
+    /// Write everything queued as one batch: the queue's lock is let go
+    /// while writing, and held again when this returns.
+    fn write_batch<'a>(
+        &'a self,
+        mut queue: std::sync::MutexGuard<'a, Queue>,
+    ) -> std::sync::MutexGuard<'a, Queue> {
+        queue.writing = true;
+        let batch = std::mem::take(&mut queue.batch);
+        let spare = std::mem::take(&mut queue.spare);
+        let mut events = std::mem::replace(&mut queue.pending, spare);
+        drop(queue);
+        let written = self.write(&events);
+        batch.finish(written.map(|_| ()).map_err(|e| e.to_string()));
+        events.clear();
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if events.bytes.capacity() <= SPARE_MAX {
+            queue.spare = events;
+        }
+        queue.writing = false;
+        if queue.flush_waiters > 0 {
+            self.flushed.notify_all();
+        }
+        queue
+    }
+
     /// Write one batch and its checkpoint under the lock, and fsync.
-    fn write(&self, events: &[Vec<u8>]) -> Result<u64, Error> {
+    fn write(&self, events: &Pending) -> Result<u64, Error> {
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
         tail.lock.lock().map_err(|e| {
             Error::io(
@@ -601,7 +701,7 @@ impl Inner {
         written
     }
 
-    fn append_locked(&self, tail: &mut Tail, events: &[Vec<u8>]) -> Result<u64, Error> {
+    fn append_locked(&self, tail: &mut Tail, events: &Pending) -> Result<u64, Error> {
         let io = |e| {
             Error::io(
                 format!("writing the audit log `{}`", self.path.display()),
@@ -614,18 +714,23 @@ impl Inner {
         }
         let mut seq = tail.seq;
         let mut head = tail.head.clone();
-        let mut out = Vec::new();
+        // The last batch's buffer, so a steady stream of batches allocates
+        // nothing here.
+        let mut out = std::mem::take(&mut tail.out);
+        out.clear();
         let time_ms = now_ms();
         // A `Record` as JSON, around an event serialized already.
         let mut push = |event: &[u8], seq: &mut u64, head: &mut String| {
             *seq += 1;
             let start = out.len();
-            out.extend_from_slice(&record_line(*seq, time_ms, head, event));
-            *head = hash(out.get(start..).unwrap_or_default());
+            write_record_line(&mut out, *seq, time_ms, head, event);
+            let hash = blake3::hash(out.get(start..).unwrap_or_default()).to_hex();
+            head.clear();
+            head.push_str(hash.as_str());
             out.push(b'\n');
         };
         let recovery = recovery.map(|r| serde_json::to_vec(&r).unwrap_or_default());
-        for event in recovery.iter().chain(events) {
+        for event in recovery.iter().map(Vec::as_slice).chain(events.events()) {
             push(event, &mut seq, &mut head);
         }
         let key = self.keys.current()?;
@@ -652,6 +757,9 @@ impl Inner {
         tail.len = before.map(|len| len + out.len() as u64);
         tail.seq = seq;
         tail.head = head;
+        if out.capacity() <= SPARE_MAX {
+            tail.out = out;
+        }
         // The checkpoint is durable in the log; the head file only has to
         // outlive truncation of the log. One sector, overwritten in place
         // and not fsynced on its own: no metadata changes, no second flush.
@@ -660,9 +768,14 @@ impl Inner {
         text.push(b'\n');
         {
             use std::os::unix::fs::FileExt;
+            let len = text.len() as u64;
             tail.head_file
                 .write_all_at(&text, 0)
-                .and_then(|()| tail.head_file.set_len(text.len() as u64))
+                .and_then(|()| match tail.head_len {
+                    // Most checkpoints fit the sector: no need to truncate.
+                    Some(known) if known == len => Ok(()),
+                    _ => tail.head_file.set_len(len),
+                })
                 .map_err(|e| {
                     Error::io(
                         format!(
@@ -672,6 +785,7 @@ impl Inner {
                         e,
                     )
                 })?;
+            tail.head_len = Some(len);
         }
         Ok(seq)
     }
@@ -738,14 +852,15 @@ impl serde_json::ser::Formatter for Bounded {
 }
 
 /// `event` as one line of JSON, its strings bounded (see [`MAX_STRING`]).
-pub fn line<E: Serialize + ?Sized>(event: &E) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+pub fn line<E: Serialize + ?Sized>(event: &E) -> Line {
+    // Most run records fit without growing.
+    let mut out = Vec::with_capacity(512);
     let mut serializer = serde_json::Serializer::with_formatter(&mut out, Bounded::default());
     if event.serialize(&mut serializer).is_err() {
         // Only a map with non-string keys fails; say so rather than drop it.
-        return br#"{"kind":"unserializable"}"#.to_vec();
+        return Line(br#"{"kind":"unserializable"}"#.to_vec());
     }
-    out
+    Line(out)
 }
 
 /// The record of a run starting.
@@ -805,7 +920,7 @@ pub fn end_events(
     subject: &airlock_host_apis::Subject,
     report: &crate::run::RunReport,
     max_identical: u32,
-) -> Vec<Vec<u8>> {
+) -> Vec<Line> {
     let mut events = Vec::with_capacity(report.decisions.len() + 1);
     let mut seen: std::collections::HashMap<(String, String, String, String), u64> =
         std::collections::HashMap::new();

@@ -396,16 +396,16 @@ fn the_last_open_run_never_waits_for_the_commit_interval() {
     // A lone run: written as soon as it ends (the writer has written
     // nothing yet, so there is no interval to wait out either).
     let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 1}));
-    let first = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 1}))]);
+    let first = log.enqueue_run_end(&[line(&json!({"kind": "run.end", "n": 1}))]);
     wait(&first);
     // Two overlapping runs, right after a batch: the first to end is held
     // while the other is open.
     let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 2}));
     let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 3}));
-    let held = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 2}))]);
+    let held = log.enqueue_run_end(&[line(&json!({"kind": "run.end", "n": 2}))]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(!durable(&held), "written while another run was open");
-    let last = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 3}))]);
+    let last = log.enqueue_run_end(&[line(&json!({"kind": "run.end", "n": 3}))]);
     wait(&last);
     assert!(durable(&held));
     // A run calling a tool (a run of its own) is set aside while it waits:
@@ -413,10 +413,10 @@ fn the_last_open_run_never_waits_for_the_commit_interval() {
     let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 4}));
     let aside = log.set_aside();
     let _ = log.enqueue_run_start(&json!({"kind": "run.start", "n": 5}));
-    let tool = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 5}))]);
+    let tool = log.enqueue_run_end(&[line(&json!({"kind": "run.end", "n": 5}))]);
     wait(&tool);
     drop(aside);
-    let caller = log.enqueue_run_end(vec![line(&json!({"kind": "run.end", "n": 4}))]);
+    let caller = log.enqueue_run_end(&[line(&json!({"kind": "run.end", "n": 4}))]);
     wait(&caller);
     drop(log);
     let ends = fixture
