@@ -717,3 +717,45 @@ fn serve_answers_with_a_key_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
 }
+
+#[test]
+fn audit_show_and_export_into_a_pipe_closed_early_end_quietly() {
+    use std::io::{BufRead, BufReader};
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("audit")).unwrap();
+    // Far more than a pipe holds, so the writer meets the closed pipe.
+    let mut log = String::new();
+    for seq in 1..=20_000 {
+        log += &format!(
+            r#"{{"seq":{seq},"time_ms":0,"prev":"","event":{{"kind":"run.end","instance":"i-{seq}","status":"ok"}}}}"#
+        );
+        log.push('\n');
+    }
+    std::fs::write(home.path().join("audit/audit.jsonl"), log).unwrap();
+    for args in [
+        &["audit", "show"][..],
+        &["audit", "export", "--format", "ocsf"][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_airlock-under-test"))
+            .args(args)
+            .env("AIRLOCK_HOME", home.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -1`: one line, then the reader goes away.
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.contains("i-1"), "{args:?}: {first}");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
+    }
+}

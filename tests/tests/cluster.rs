@@ -593,6 +593,58 @@ async fn every_nodes_audit_chain_is_shipped_and_verified_from_the_stream() {
     assert!(found[2].verification.problem.is_none());
 }
 
+/// A node that joins with a long log ships it a window at a time, all of
+/// it, and the stream's copy verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_longer_than_a_shipping_window_is_shipped_whole() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let cluster = node(&server).await;
+    let test_node =
+        airlock_tests::TestNode::with_registry("", &[], std::sync::Arc::new(cluster.clone()));
+    let jwks = test_node.node.issuer().jwks();
+    cluster
+        .publish_keys("long", jwks["keys"].as_array().unwrap())
+        .await
+        .unwrap();
+    let log = test_node.node.services().audit.clone().unwrap();
+    // About 12 MiB in batches of 1,000 records: more than one 8 MiB window.
+    let padding = "p".repeat(1000);
+    for batch in 0..12 {
+        let events: Vec<serde_json::Value> = (0..1000)
+            .map(|n| serde_json::json!({"kind": "call", "n": batch * 1000 + n, "pad": padding}))
+            .collect();
+        log.append(&events).unwrap();
+    }
+    let path = log.path().to_path_buf();
+    assert!(std::fs::metadata(&path).unwrap().len() > 9 << 20);
+    let local = airlock_runtime::audit::verify(&path, test_node.node.issuer().keys()).unwrap();
+    assert!(local.problem.is_none(), "{local:?}");
+
+    let shipper = cluster.ship_audit("long".into(), path.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = cluster.verify_audit().await.unwrap();
+        let shipped = found.first().map_or(0, |n| n.verification.records);
+        if shipped == local.records {
+            assert!(found[0].verification.problem.is_none(), "{:?}", found[0]);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream has {shipped} records, the log {}",
+            local.records
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shipper.abort();
+    assert_eq!(
+        cluster.records_of("long").await.unwrap(),
+        std::fs::read(&path).unwrap()
+    );
+}
+
 /// A burst of queued runs while the only node serving dies with runs in
 /// hand: every run is completed once, by the nodes that start serving
 /// later, and none is lost.

@@ -617,20 +617,49 @@ struct AuditPage {
     next: Option<u64>,
 }
 
-fn audit_records(api: &Api) -> Result<Vec<Record>, ApiError> {
-    let Some(log) = api.node().services().audit.clone() else {
-        return Err(ApiError::not_found("this server keeps no audit log"));
-    };
-    let text = std::fs::read_to_string(log.path()).map_err(|e| {
-        crate::Error::io(
-            format!("reading the audit log `{}`", log.path().display()),
-            e,
-        )
-    })?;
-    Ok(text
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Record>(line).ok())
-        .collect())
+fn audit_log(api: &Api) -> Result<Arc<crate::audit::AuditLog>, ApiError> {
+    api.node()
+        .services()
+        .audit
+        .clone()
+        .ok_or_else(|| ApiError::not_found("this server keeps no audit log"))
+}
+
+/// One page of the records after `after` that `filter` matches, read in
+/// memory bounded by the page, however long the log.
+fn audit_page(
+    path: &std::path::Path,
+    filter: &crate::audit::Filter,
+    after: u64,
+    limit: usize,
+) -> Result<AuditPage, crate::Error> {
+    use crate::audit::RawLine;
+    let mut lines = crate::audit::read_lines(path)?;
+    let mut records = Vec::new();
+    let mut next = None;
+    let io = |e| crate::Error::io(format!("reading the audit log `{}`", path.display()), e);
+    // Torn (still being written) or foreign lines are left out; `airlock
+    // audit verify` is where they are reported.
+    while let Some(raw) = lines.next_line().map_err(io)? {
+        let RawLine::Whole(line) = raw else {
+            continue;
+        };
+        if crate::audit::seq_of(line).is_some_and(|seq| seq <= after) {
+            continue;
+        }
+        let Ok(record) = serde_json::from_slice::<Record>(line) else {
+            continue;
+        };
+        if record.seq <= after || !filter.matches(&record.event) {
+            continue;
+        }
+        if records.len() == limit {
+            next = records.last().map(|r: &Record| r.seq);
+            break;
+        }
+        records.push(record);
+    }
+    Ok(AuditPage { records, next })
 }
 
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), responses((status = 200, description = "A page of records", body = AuditPage), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
@@ -648,26 +677,11 @@ async fn audit(
         task: q.task,
         decision: q.decision,
     };
-    let api2 = api.clone();
-    let records = tokio::task::spawn_blocking(move || audit_records(&api2))
+    let log = audit_log(&api)?;
+    let page = tokio::task::spawn_blocking(move || audit_page(log.path(), &filter, q.after, limit))
         .await
         .map_err(|e| crate::Error::Engine(e.to_string()))??;
-    let mut page = Vec::new();
-    let mut next = None;
-    for record in records.into_iter().filter(|r| r.seq > q.after) {
-        if !filter.matches(&record.event) {
-            continue;
-        }
-        if page.len() == limit {
-            next = page.last().map(|r: &Record| r.seq);
-            break;
-        }
-        page.push(record);
-    }
-    Ok(Json(AuditPage {
-        records: page,
-        next,
-    }))
+    Ok(Json(page))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -691,18 +705,59 @@ async fn audit_export(
             "the export format is `ocsf` (OCSF API Activity, JSON lines)",
         ));
     }
-    let api2 = api.clone();
-    let records = tokio::task::spawn_blocking(move || audit_records(&api2))
-        .await
-        .map_err(|e| crate::Error::Engine(e.to_string()))??;
-    let mut out = String::new();
-    for record in &records {
-        if let Some(event) = crate::audit::ocsf::event(record) {
-            out.push_str(&event.to_string());
-            out.push('\n');
+    let log = audit_log(&api)?;
+    let lines = crate::audit::read_lines(log.path())?;
+    // Streamed in chunks as the log is read: the response never holds the
+    // whole log, and a client that goes away stops the reading.
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || export_ocsf(lines, &chunks));
+    let body = futures_util::stream::unfold(body, |mut body| async move {
+        body.recv().await.map(|chunk| (chunk, body))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// Send the log's records as OCSF events, a chunk at a time.
+fn export_ocsf<R: std::io::BufRead>(
+    mut lines: crate::audit::LineReader<R>,
+    chunks: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+) {
+    const CHUNK: usize = 64 << 10;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        match lines.next_line() {
+            Ok(Some(raw)) => {
+                let Some(record) = raw.record() else {
+                    continue;
+                };
+                if let Some(event) = crate::audit::ocsf::event(&record)
+                    && serde_json::to_writer(&mut chunk, &event).is_ok()
+                {
+                    chunk.push(b'\n');
+                }
+                if chunk.len() >= CHUNK
+                    && chunks
+                        .blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the audit log for an export failed");
+                let _ = chunks.blocking_send(Err(e));
+                return;
+            }
         }
     }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+    if !chunk.is_empty() {
+        let _ = chunks.blocking_send(Ok(chunk));
+    }
 }
 
 #[derive(Serialize, ToSchema)]

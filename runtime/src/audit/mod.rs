@@ -1043,11 +1043,101 @@ impl Signatures for Keyring {
     }
 }
 
+/// The longest line the readers take: far above any record the writer
+/// writes (its strings are bounded), so a file without line ends cannot
+/// make a reader hold all of it.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// One line of a log, as [`LineReader`] read it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawLine<'a> {
+    /// A line, without its end.
+    Whole(&'a [u8]),
+    /// The file's last bytes, with no line end: a torn write, or one still
+    /// being written.
+    Torn(&'a [u8]),
+    /// A line longer than [`MAX_LINE`], skipped.
+    TooLong,
+}
+
+impl RawLine<'_> {
+    /// The record this line holds, if it is a whole line that parses.
+    pub fn record(&self) -> Option<Record> {
+        match self {
+            RawLine::Whole(line) => serde_json::from_slice(line).ok(),
+            RawLine::Torn(_) | RawLine::TooLong => None,
+        }
+    }
+}
+
+/// Reads a log one line at a time into one reused buffer: memory stays
+/// bounded however long the log is.
+#[derive(Debug)]
+pub struct LineReader<R> {
+    reader: R,
+    line: Vec<u8>,
+    number: u64,
+}
+
+impl<R: std::io::BufRead> LineReader<R> {
+    pub fn new(reader: R) -> Self {
+        LineReader {
+            reader,
+            line: Vec::new(),
+            number: 0,
+        }
+    }
+
+    /// The next line, or `None` at the end.
+    pub fn next_line(&mut self) -> std::io::Result<Option<RawLine<'_>>> {
+        use std::io::{BufRead, Read};
+        self.line.clear();
+        let read = (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.line)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        self.number += 1;
+        if let Some(line) = self.line.strip_suffix(b"\n") {
+            return Ok(Some(RawLine::Whole(line)));
+        }
+        if self.line.len() > MAX_LINE {
+            self.reader.skip_until(b'\n')?;
+            return Ok(Some(RawLine::TooLong));
+        }
+        Ok(Some(RawLine::Torn(&self.line)))
+    }
+
+    /// The number (1-based) of the line read last.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+}
+
+/// A log file's lines, read in bounded memory.
+pub fn read_lines(path: &Path) -> Result<LineReader<std::io::BufReader<File>>, Error> {
+    let file =
+        File::open(path).map_err(|e| Error::io(format!("reading `{}`", path.display()), e))?;
+    Ok(LineReader::new(std::io::BufReader::with_capacity(
+        64 << 10,
+        file,
+    )))
+}
+
+/// A record line's `seq`, read without parsing the rest: enough to skip
+/// records when paging. `None` for a line the writer did not frame.
+pub fn seq_of(line: &[u8]) -> Option<u64> {
+    let digits = line.strip_prefix(b"{\"seq\":")?;
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(digits.get(..end)?).ok()?.parse().ok()
+}
+
 /// Check a log: the chain, every checkpoint's signature, and the head file.
 pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::io(format!("reading `{}`", path.display()), e))?;
-    let verification = verify_lines(&bytes, keys);
+    let lines = read_lines(path)?;
+    let verification = verify_reader(lines, keys)
+        .map_err(|e| Error::io(format!("reading `{}`", path.display()), e))?;
     if verification.problem.is_some() {
         return Ok(verification);
     }
@@ -1079,65 +1169,110 @@ pub fn verify(path: &Path, keys: &Keyring) -> Result<Verification, Error> {
 /// back from the cluster's stream): the chain and every checkpoint's
 /// signature, and that the last records are signed.
 pub fn verify_lines(bytes: &[u8], keys: &dyn Signatures) -> Verification {
-    let mut expected_prev = GENESIS.to_string();
-    let mut records = 0u64;
-    let mut last_checkpoint = 0u64;
-    let bad = |line: u64, why: String, records: u64| Verification {
-        records,
-        problem: Some((line, why)),
+    // Reading a slice does not fail.
+    verify_reader(LineReader::new(bytes), keys).unwrap_or_else(|e| Verification {
+        records: 0,
+        problem: Some((0, e.to_string())),
+    })
+}
+
+/// [`verify_lines`] over a reader; fails only if reading does.
+pub fn verify_reader<R: std::io::BufRead>(
+    mut lines: LineReader<R>,
+    keys: &dyn Signatures,
+) -> std::io::Result<Verification> {
+    let mut chain = Chain {
+        keys,
+        expected_prev: GENESIS.to_string(),
+        records: 0,
+        last_checkpoint: 0,
     };
-    let mut number = 0u64;
-    for raw in bytes.split_inclusive(|b| *b == b'\n') {
-        number += 1;
-        let Some(line) = raw.strip_suffix(b"\n") else {
-            return bad(
-                number,
-                format!("a torn last line ({} bytes without an end)", raw.len()),
-                records,
-            );
+    loop {
+        let number = lines.number() + 1;
+        let Some(raw) = lines.next_line()? else {
+            break;
+        };
+        if let Err(why) = chain.next(raw) {
+            return Ok(Verification {
+                records: chain.records,
+                problem: Some((number, why)),
+            });
+        }
+    }
+    if chain.records > chain.last_checkpoint {
+        return Ok(Verification {
+            records: chain.records,
+            problem: Some((
+                lines.number(),
+                format!(
+                    "{} records after the last checkpoint are not signed",
+                    chain.records - chain.last_checkpoint
+                ),
+            )),
+        });
+    }
+    Ok(Verification {
+        records: chain.records,
+        problem: None,
+    })
+}
+
+/// The state of a verification between lines.
+struct Chain<'k> {
+    keys: &'k dyn Signatures,
+    expected_prev: String,
+    records: u64,
+    last_checkpoint: u64,
+}
+
+impl Chain<'_> {
+    /// Take the next line, or say what is wrong with it.
+    fn next(&mut self, raw: RawLine<'_>) -> Result<(), String> {
+        let line = match raw {
+            RawLine::Whole(line) => line,
+            RawLine::Torn(bytes) => {
+                return Err(format!(
+                    "a torn last line ({} bytes without an end)",
+                    bytes.len()
+                ));
+            }
+            RawLine::TooLong => {
+                return Err(format!(
+                    "a line longer than {} MiB: not a record",
+                    MAX_LINE >> 20
+                ));
+            }
         };
         let Ok(record) = serde_json::from_slice::<Record>(line) else {
-            return bad(number, "not a record".into(), records);
+            return Err("not a record".into());
         };
-        if record.seq != records + 1 {
-            return bad(
-                number,
-                format!(
-                    "sequence {} where {} was due: a record was deleted, inserted or moved",
-                    record.seq,
-                    records + 1
-                ),
-                records,
-            );
+        if record.seq != self.records + 1 {
+            return Err(format!(
+                "sequence {} where {} was due: a record was deleted, inserted or moved",
+                record.seq,
+                self.records + 1
+            ));
         }
-        if record.prev != expected_prev {
-            return bad(
-                number,
+        if record.prev != self.expected_prev {
+            return Err(
                 "its `prev` is not the hash of the record before: that record was modified".into(),
-                records,
             );
         }
         if record.event.get("kind").and_then(|k| k.as_str()) == Some("checkpoint") {
             let Ok(checkpoint) = serde_json::from_value::<Checkpoint>(record.event.clone()) else {
-                return bad(number, "a malformed checkpoint".into(), records);
+                return Err("a malformed checkpoint".into());
             };
             // Version 2 signs the record's time; a version 1 signature does
             // not verify against a version 2 message, so none can be downgraded.
             let time_ms = match checkpoint.v {
                 None => None,
                 Some(2) => Some(record.time_ms),
-                Some(other) => {
-                    return bad(
-                        number,
-                        format!("a checkpoint of unknown version {other}"),
-                        records,
-                    );
-                }
+                Some(other) => return Err(format!("a checkpoint of unknown version {other}")),
             };
             let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(&checkpoint.sig)
                 .unwrap_or_default();
-            let signed = keys.check(
+            let signed = self.keys.check(
                 &checkpoint.kid,
                 &checkpoint_message(checkpoint.count, &checkpoint.head, time_ms),
                 &signature,
@@ -1150,34 +1285,19 @@ pub fn verify_lines(bytes: &[u8], keys: &dyn Signatures) -> Verification {
                 .unwrap_or_default();
             if !signed
                 || canonical != line
-                || checkpoint.count != records
-                || checkpoint.head != expected_prev
+                || checkpoint.count != self.records
+                || checkpoint.head != self.expected_prev
             {
-                return bad(
-                    number,
+                return Err(
                     "a checkpoint whose signature or count does not hold: the log was rewritten"
                         .into(),
-                    records,
                 );
             }
-            last_checkpoint = record.seq;
+            self.last_checkpoint = record.seq;
         }
-        records += 1;
-        expected_prev = hash(line);
-    }
-    if records > last_checkpoint {
-        return bad(
-            number,
-            format!(
-                "{} records after the last checkpoint are not signed",
-                records - last_checkpoint
-            ),
-            records,
-        );
-    }
-    Verification {
-        records,
-        problem: None,
+        self.records += 1;
+        self.expected_prev = hash(line);
+        Ok(())
     }
 }
 

@@ -230,6 +230,53 @@ fn writers_in_turn_continue_one_chain() {
 }
 
 #[test]
+fn a_line_without_an_end_that_never_ends_is_skipped_not_held() {
+    let f = Fixture::new();
+    let mut lines = f.written();
+    // A line longer than any record, inserted mid-log; the reader drops it
+    // and goes on with the next line.
+    lines.insert(3, "x".repeat(MAX_LINE + 10));
+    f.rewrite(&lines);
+    let (line, why) = f.problem();
+    assert_eq!(line, 4);
+    assert!(why.contains("longer than 16 MiB"), "{why}");
+
+    let mut reader = read_lines(&f.path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = Vec::new();
+    while let Some(raw) = reader.next_line().unwrap_or_else(|e| panic!("{e}")) {
+        seen.push(match raw {
+            RawLine::Whole(line) => seq_of(line),
+            RawLine::TooLong => None,
+            RawLine::Torn(_) => panic!("no line is torn"),
+        });
+    }
+    let expected: Vec<_> = (1..=3)
+        .map(Some)
+        .chain([None])
+        .chain((4..=8).map(Some))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(reader.number(), 9);
+}
+
+#[test]
+fn a_torn_last_line_reads_as_torn() {
+    let mut reader = LineReader::new(&b"{\"seq\":1}\n{\"seq\":2,\"ti"[..]);
+    assert_eq!(
+        reader.next_line().ok().flatten(),
+        Some(RawLine::Whole(b"{\"seq\":1}"))
+    );
+    assert_eq!(
+        reader.next_line().ok().flatten(),
+        Some(RawLine::Torn(b"{\"seq\":2,\"ti"))
+    );
+    assert_eq!(reader.next_line().ok().flatten(), None);
+    assert_eq!(seq_of(b"{\"seq\":12,"), Some(12));
+    assert_eq!(seq_of(b"{\"seq\":12"), None, "a torn number is no number");
+    assert_eq!(seq_of(b"{ \"seq\":12,"), None);
+}
+
+#[test]
 fn guest_strings_cannot_forge_a_record() {
     let f = Fixture::new();
     let log = AuditLog::open(&f.path(), f.keys.clone()).unwrap_or_else(|e| panic!("{e}"));

@@ -1,6 +1,7 @@
 //! `airlock admit`, `approve`, `quarantine`, `revoke`, `skills`, `inspect`,
 //! `sign` and `signing-key`.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use airlock_host_apis::{Trust, escape};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 
-use super::{Failure, exit};
+use super::{Failure, exit, output_failed};
 use crate::Config;
 use crate::admission::{SkillRecord, State, Submission, now_ms, parse_signature};
 use crate::digest::SkillDigest;
@@ -237,6 +238,31 @@ fn print_record(record: &SkillRecord) {
     field("signed by", record.signed_by.as_deref().unwrap_or("-"));
 }
 
+fn skills_table(out: &mut impl std::io::Write, records: &[SkillRecord]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<12}  {:<11}  {:<20}  {:<14}  {:<22}  CAPABILITIES",
+        "DIGEST", "STATE", "NAME", "ADMITTED", "EXPIRES"
+    )?;
+    for r in records {
+        let expires = match r.state {
+            State::Approved | State::Expired => until(r.expires_ms),
+            _ => "-".into(),
+        };
+        writeln!(
+            out,
+            "{:<12}  {:<11}  {:<20}  {:<14}  {:<22}  {}",
+            r.digest.short(),
+            r.state.as_str(),
+            escape(&r.name, 20),
+            ago(r.admitted_ms),
+            expires,
+            capabilities(r)
+        )?;
+    }
+    Ok(())
+}
+
 fn held(record: &SkillRecord) {
     println!(
         "{} `{}` ({}): its running instances are stopped",
@@ -369,28 +395,16 @@ pub async fn run(
             if let Some(state) = &state {
                 records.retain(|r| r.state.as_str() == state.as_str());
             }
-            if as_json {
-                json(&records);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = if as_json {
+                serde_json::to_writer_pretty(&mut out, &records)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out))
             } else {
-                println!(
-                    "{:<12}  {:<11}  {:<20}  {:<14}  {:<22}  CAPABILITIES",
-                    "DIGEST", "STATE", "NAME", "ADMITTED", "EXPIRES"
-                );
-                for r in &records {
-                    let expires = match r.state {
-                        State::Approved | State::Expired => until(r.expires_ms),
-                        _ => "-".into(),
-                    };
-                    println!(
-                        "{:<12}  {:<11}  {:<20}  {:<14}  {:<22}  {}",
-                        r.digest.short(),
-                        r.state.as_str(),
-                        escape(&r.name, 20),
-                        ago(r.admitted_ms),
-                        expires,
-                        capabilities(r)
-                    );
-                }
+                skills_table(&mut out, &records)
+            };
+            if let Err(e) = written.and_then(|()| out.flush()) {
+                return output_failed(e);
             }
         }
         AdminCommand::Inspect {

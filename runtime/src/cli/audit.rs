@@ -1,10 +1,11 @@
 //! `airlock audit`.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
-use super::{Failure, exit};
+use super::{Failure, exit, output_failed};
 use crate::Config;
 use crate::audit::{Filter, Record, field, verify};
 use crate::identity::Issuer;
@@ -61,6 +62,10 @@ pub enum AuditCommand {
 pub enum ExportFormat {
     /// Open Cybersecurity Schema Framework 1.3, JSON lines.
     Ocsf,
+}
+
+fn unreadable(path: &Path, e: &std::io::Error) -> Failure {
+    Failure::usage(format!("cannot read `{}`: {e}", path.display()))
 }
 
 fn log_path(path: Option<PathBuf>, data_dir: Option<&PathBuf>) -> Result<PathBuf, Failure> {
@@ -140,6 +145,7 @@ pub async fn run(
                     )));
                 }
             }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for node in nodes {
                 for line in node.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     let Ok(record) = serde_json::from_slice::<Record>(line) else {
@@ -150,30 +156,34 @@ pub async fn run(
                         if let Some(map) = event.as_object_mut() {
                             map.insert("airlock_node".into(), node.node.clone().into());
                         }
-                        println!("{event}");
+                        if let Err(e) = writeln!(out, "{event}") {
+                            return output_failed(e);
+                        }
                     }
                 }
             }
-            Ok(exit::OK)
+            out.flush().map_or_else(output_failed, |()| Ok(exit::OK))
         }
         AuditCommand::Export { path, format, .. } => {
             let ExportFormat::Ocsf = format;
             let path = log_path(path, data_dir.as_ref())?;
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", path.display())))?;
-            for (n, line) in text.lines().enumerate() {
-                let Ok(record) = serde_json::from_str::<Record>(line) else {
+            let mut lines = crate::audit::read_lines(&path)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            while let Some(raw) = lines.next_line().map_err(|e| unreadable(&path, &e))? {
+                let Some(record) = raw.record() else {
                     return Err(Failure::usage(format!(
                         "line {} of `{}` is not a record; run `airlock audit verify`",
-                        n + 1,
+                        lines.number(),
                         path.display()
                     )));
                 };
-                if let Some(event) = crate::audit::ocsf::event(&record) {
-                    println!("{event}");
+                if let Some(event) = crate::audit::ocsf::event(&record)
+                    && let Err(e) = writeln!(out, "{event}")
+                {
+                    return output_failed(e);
                 }
             }
-            Ok(exit::OK)
+            out.flush().map_or_else(output_failed, |()| Ok(exit::OK))
         }
         AuditCommand::Show {
             path,
@@ -189,11 +199,13 @@ pub async fn run(
                 decision,
             };
             let path = log_path(path, data_dir.as_ref())?;
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Failure::usage(format!("cannot read `{}`: {e}", path.display())))?;
-            for line in text.lines() {
-                let Ok(record) = serde_json::from_str::<Record>(line) else {
-                    println!("(a line that is not a record)");
+            let mut lines = crate::audit::read_lines(&path)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            while let Some(raw) = lines.next_line().map_err(|e| unreadable(&path, &e))? {
+                let Some(record) = raw.record() else {
+                    if let Err(e) = writeln!(out, "(a line that is not a record)") {
+                        return output_failed(e);
+                    }
                     continue;
                 };
                 let e = &record.event;
@@ -245,13 +257,16 @@ pub async fn run(
                     std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.time_ms),
                 );
                 // Guest strings reach the terminal escaped.
-                println!(
+                if let Err(e) = writeln!(
+                    out,
                     "{time} #{} {kind} {}",
                     record.seq,
                     airlock_host_apis::escape(&detail, 400)
-                );
+                ) {
+                    return output_failed(e);
+                }
             }
-            Ok(exit::OK)
+            out.flush().map_or_else(output_failed, |()| Ok(exit::OK))
         }
     }
 }

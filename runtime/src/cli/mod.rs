@@ -79,6 +79,16 @@ impl Failure {
     }
 }
 
+/// Where writing a command's output failed: a reader that closed the pipe
+/// early (`| head`) ends the command quietly; anything else is a failure.
+pub fn output_failed(e: std::io::Error) -> Result<u8, Failure> {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Ok(exit::OK)
+    } else {
+        Err(Failure::usage(format!("writing the output: {e}")))
+    }
+}
+
 /// Exit codes, as documented in `airlock run --help`.
 pub mod exit {
     pub const OK: u8 = 0;

@@ -134,10 +134,15 @@ impl Cluster {
                 shipped: 0,
             };
             loop {
-                if let Err(e) = shipper.round(&cluster).await {
-                    tracing::warn!(node = %shipper.node, error = %e, "shipping audit records failed; retrying");
-                    shipper.offset = None;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                match shipper.round(&cluster).await {
+                    // More of the log waits behind a full window.
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(node = %shipper.node, error = %e, "shipping audit records failed; retrying");
+                        shipper.offset = None;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
                 tokio::time::sleep(SHIP_EVERY).await;
             }
@@ -220,6 +225,9 @@ impl Cluster {
     }
 }
 
+/// How much of the log one shipping round reads (at least).
+const SHIP_WINDOW: u64 = 8 << 20;
+
 struct Shipper {
     node: String,
     path: PathBuf,
@@ -229,28 +237,9 @@ struct Shipper {
 }
 
 impl Shipper {
-    async fn round(&mut self, cluster: &Cluster) -> Result<(), Error> {
-        let mut file = match tokio::fs::File::open(&self.path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io(format!("reading `{}`", self.path.display()), e)),
-        };
-        let offset = match self.offset {
-            Some(offset) => offset,
-            None => {
-                self.shipped = cluster.shipped(&self.node).await?;
-                0
-            }
-        };
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| Error::io(format!("reading `{}`", self.path.display()), e))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .await
-            .map_err(|e| Error::io(format!("reading `{}`", self.path.display()), e))?;
-        // Complete lines up to and including the last checkpoint: what is
-        // shipped always ends signed.
+    /// Where the complete lines up to and including the last checkpoint in
+    /// `bytes` end: what is shipped always ends signed.
+    fn signed_end(&self, bytes: &[u8]) -> Result<usize, Error> {
         let mut end = 0;
         let mut position = 0;
         for raw in bytes.split_inclusive(|b| *b == b'\n') {
@@ -268,6 +257,45 @@ impl Shipper {
                 end = position;
             }
         }
+        Ok(end)
+    }
+
+    /// Ship what the log holds past the last round; true if a full window
+    /// was read and more may follow.
+    async fn round(&mut self, cluster: &Cluster) -> Result<bool, Error> {
+        let mut file = match tokio::fs::File::open(&self.path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io(format!("reading `{}`", self.path.display()), e)),
+        };
+        let offset = match self.offset {
+            Some(offset) => offset,
+            None => {
+                self.shipped = cluster.shipped(&self.node).await?;
+                0
+            }
+        };
+        // A window of the log at a time, so a long log (a node joining a
+        // cluster late) is shipped in bounded memory; it grows only if one
+        // batch does not fit.
+        let mut window = SHIP_WINDOW;
+        let (bytes, end) = loop {
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| Error::io(format!("reading `{}`", self.path.display()), e))?;
+            let mut bytes = Vec::new();
+            (&mut file)
+                .take(window)
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| Error::io(format!("reading `{}`", self.path.display()), e))?;
+            let end = self.signed_end(&bytes)?;
+            if end == 0 && bytes.len() as u64 == window {
+                window = window.saturating_mul(2);
+                continue;
+            }
+            break (bytes, end);
+        };
         let subject = format!("{AUDIT_SUBJECT_PREFIX}{}", self.node);
         let mut acks = Vec::new();
         let mut last = self.shipped;
@@ -304,7 +332,7 @@ impl Shipper {
         }
         self.shipped = last;
         self.offset = Some(offset + scanned as u64);
-        Ok(())
+        Ok(end > 0 && bytes.len() as u64 == window)
     }
 }
 
