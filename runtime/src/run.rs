@@ -423,10 +423,6 @@ impl Engine {
             if let Err(e) = audit.check_space() {
                 return (refused(instance, &subject, skill, e.to_string()), None);
             }
-            // Written by the audit writer with its next batch (within the
-            // commit interval), without holding the run up: a host that
-            // dies mid-run still shows what started.
-            let _ = audit.enqueue_run_start(&crate::audit::start_event(&subject));
         }
         let session = request.session.unwrap_or_default();
         let session_view = session.clone();
@@ -463,6 +459,13 @@ impl Engine {
             started,
             source: skill.source,
         }));
+        if let Some(audit) = &services.audit {
+            // Written by the audit writer with its next batch (within the
+            // commit interval), without holding the run up: a host that
+            // dies mid-run still shows what started. Queued only once
+            // `unfinished` is armed, so every start queued gets its end.
+            let _ = audit.enqueue_run_start(&crate::audit::start_event(&subject));
+        }
         let http = Arc::new(HttpCtx::new(
             services.egress.clone(),
             services.credentials.clone(),

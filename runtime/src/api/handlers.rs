@@ -633,11 +633,18 @@ fn audit_page(
     after: u64,
     limit: usize,
 ) -> Result<AuditPage, crate::Error> {
+    use std::io::{Seek, SeekFrom};
+
     use crate::audit::RawLine;
-    let mut lines = crate::audit::read_lines(path)?;
+    let io = |e| crate::Error::io(format!("reading the audit log `{}`", path.display()), e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let start = crate::audit::offset_after(&mut file, len, after).map_err(io)?;
+    file.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut lines =
+        crate::audit::LineReader::new(std::io::BufReader::with_capacity(64 << 10, file));
     let mut records = Vec::new();
     let mut next = None;
-    let io = |e| crate::Error::io(format!("reading the audit log `{}`", path.display()), e);
     // Torn (still being written) or foreign lines are left out; `airlock
     // audit verify` is where they are reported.
     while let Some(raw) = lines.next_line().map_err(io)? {

@@ -1125,6 +1125,44 @@ pub fn read_lines(path: &Path) -> Result<LineReader<std::io::BufReader<File>>, E
     )))
 }
 
+/// Where in a log the records after `after` begin, or a line start not far
+/// before: found by bisecting on byte offsets, as records are in `seq`
+/// order, so a page deep into a long log does not read what comes before.
+/// Lines the writer did not frame stop the search early (the caller scans
+/// on from the offset returned, which is never past the record wanted).
+pub fn offset_after<R: std::io::Read + std::io::Seek>(
+    file: &mut R,
+    len: u64,
+    after: u64,
+) -> std::io::Result<u64> {
+    use std::io::{BufRead, Read, SeekFrom};
+    // Below this, reading on is cheaper than seeking again.
+    const NEAR: u64 = 64 << 10;
+    let (mut lo, mut hi) = (0u64, len);
+    let mut line = Vec::new();
+    while hi.saturating_sub(lo) > NEAR {
+        let mid = lo + (hi - lo) / 2;
+        file.seek(SeekFrom::Start(mid))?;
+        let mut reader = std::io::BufReader::new(&mut *file);
+        // The rest of the line `mid` falls in, then the next whole line.
+        line.clear();
+        let skipped = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        let start = mid + skipped as u64;
+        line.clear();
+        (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        match line.strip_suffix(b"\n").map(seq_of) {
+            Some(Some(seq)) if seq <= after => lo = start,
+            Some(Some(_)) | None => hi = mid,
+            Some(None) => break,
+        }
+    }
+    Ok(lo)
+}
+
 /// A record line's `seq`, read without parsing the rest: enough to skip
 /// records when paging. `None` for a line the writer did not frame.
 pub fn seq_of(line: &[u8]) -> Option<u64> {

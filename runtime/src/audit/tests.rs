@@ -260,6 +260,56 @@ fn a_line_without_an_end_that_never_ends_is_skipped_not_held() {
 }
 
 #[test]
+fn paging_seeks_near_the_record_wanted_and_misses_none() {
+    let f = Fixture::new();
+    let log = AuditLog::open(&f.path(), f.keys.clone()).unwrap_or_else(|e| panic!("{e}"));
+    let padding = "p".repeat(200);
+    for batch in 0..20 {
+        let events: Vec<_> = (0..100)
+            .map(|n| json!({"kind": "call", "n": batch * 100 + n, "pad": padding}))
+            .collect();
+        log.append(&events).unwrap_or_else(|e| panic!("{e}"));
+    }
+    drop(log);
+    let bytes = std::fs::read(f.path()).unwrap_or_else(|e| panic!("{e}"));
+    let records = u64::try_from(bytes.iter().filter(|b| **b == b'\n').count()).unwrap_or(0);
+    assert_eq!(records, 2020);
+    let len = bytes.len() as u64;
+    for after in [0, 1, 99, 1000, 1500, 2019, 2020, 5000] {
+        let mut file = std::io::Cursor::new(&bytes);
+        let start = offset_after(&mut file, len, after).unwrap_or_else(|e| panic!("{e}"));
+        let rest = bytes
+            .get(usize::try_from(start).unwrap_or(0)..)
+            .unwrap_or_default();
+        assert!(start == 0 || bytes.get(usize::try_from(start - 1).unwrap_or(0)) == Some(&b'\n'));
+        // Nothing wanted is before the offset, and little else is after it.
+        let first = rest.split(|b| *b == b'\n').next().and_then(seq_of);
+        if after < records {
+            assert!(
+                first.is_some_and(|seq| seq <= after + 1),
+                "{after}: {first:?}"
+            );
+            assert!(
+                rest.len() as u64 <= (records - after + 1) * 400 + (64 << 10),
+                "{after}: {} bytes left to read",
+                rest.len()
+            );
+        }
+    }
+    // A line that is not a record stops the bisection, never the records.
+    let mut broken = bytes.clone();
+    let middle = broken.len() / 2;
+    broken.splice(middle..middle, b"\nnot a record\n".iter().copied());
+    let start = offset_after(
+        &mut std::io::Cursor::new(&broken),
+        broken.len() as u64,
+        2000,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(start < middle as u64);
+}
+
+#[test]
 fn a_torn_last_line_reads_as_torn() {
     let mut reader = LineReader::new(&b"{\"seq\":1}\n{\"seq\":2,\"ti"[..]);
     assert_eq!(
