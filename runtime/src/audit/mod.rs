@@ -1219,40 +1219,81 @@ pub fn verify_reader<R: std::io::BufRead>(
     mut lines: LineReader<R>,
     keys: &dyn Signatures,
 ) -> std::io::Result<Verification> {
-    let mut chain = Chain {
-        keys,
-        expected_prev: GENESIS.to_string(),
-        records: 0,
-        last_checkpoint: 0,
-    };
-    loop {
-        let number = lines.number() + 1;
-        let Some(raw) = lines.next_line()? else {
+    let mut verifier = Verifier::new(keys);
+    while let Some(raw) = lines.next_line()? {
+        if !verifier.push(raw) {
             break;
-        };
-        if let Err(why) = chain.next(raw) {
-            return Ok(Verification {
-                records: chain.records,
-                problem: Some((number, why)),
-            });
         }
     }
-    if chain.records > chain.last_checkpoint {
-        return Ok(Verification {
-            records: chain.records,
-            problem: Some((
-                lines.number(),
-                format!(
-                    "{} records after the last checkpoint are not signed",
-                    chain.records - chain.last_checkpoint
-                ),
-            )),
-        });
+    Ok(verifier.finish())
+}
+
+/// Verifies a log a line at a time, as its lines arrive (a node's records
+/// read back from the cluster's stream), holding none of them.
+pub struct Verifier<'k> {
+    chain: Chain<'k>,
+    lines: u64,
+    problem: Option<(u64, String)>,
+}
+
+impl std::fmt::Debug for Verifier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("records", &self.chain.records)
+            .field("problem", &self.problem)
+            .finish_non_exhaustive()
     }
-    Ok(Verification {
-        records: chain.records,
-        problem: None,
-    })
+}
+
+impl<'k> Verifier<'k> {
+    pub fn new(keys: &'k dyn Signatures) -> Self {
+        Verifier {
+            chain: Chain {
+                keys,
+                expected_prev: GENESIS.to_string(),
+                records: 0,
+                last_checkpoint: 0,
+            },
+            lines: 0,
+            problem: None,
+        }
+    }
+
+    /// Take the next line; false once a problem is found (later lines are
+    /// not looked at).
+    pub fn push(&mut self, line: RawLine<'_>) -> bool {
+        if self.problem.is_some() {
+            return false;
+        }
+        self.lines += 1;
+        if let Err(why) = self.chain.next(line) {
+            self.problem = Some((self.lines, why));
+            return false;
+        }
+        true
+    }
+
+    /// Records that verified so far.
+    pub fn records(&self) -> u64 {
+        self.chain.records
+    }
+
+    /// What was found, the last records being unsigned included.
+    pub fn finish(self) -> Verification {
+        let records = self.chain.records;
+        let problem = self.problem.or_else(|| {
+            (records > self.chain.last_checkpoint).then(|| {
+                (
+                    self.lines,
+                    format!(
+                        "{} records after the last checkpoint are not signed",
+                        records - self.chain.last_checkpoint
+                    ),
+                )
+            })
+        });
+        Verification { records, problem }
+    }
 }
 
 /// The state of a verification between lines.

@@ -147,19 +147,29 @@ pub async fn run(
             }
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for node in nodes {
-                for line in node.lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    let Ok(record) = serde_json::from_slice::<Record>(line) else {
-                        continue;
-                    };
-                    if let Some(mut event) = crate::audit::ocsf::event(&record) {
-                        // Which node's chain the record comes from.
-                        if let Some(map) = event.as_object_mut() {
-                            map.insert("airlock_node".into(), node.node.clone().into());
+                // The records verified, not any shipped since.
+                let mut left = node.verification.records;
+                let mut written = Ok(());
+                cluster
+                    .each_record(&node.node, |line| {
+                        if left == 0 {
+                            return false;
                         }
-                        if let Err(e) = writeln!(out, "{event}") {
-                            return output_failed(e);
+                        left -= 1;
+                        if let Ok(record) = serde_json::from_slice::<Record>(line)
+                            && let Some(mut event) = crate::audit::ocsf::event(&record)
+                        {
+                            // Which node's chain the record comes from.
+                            if let Some(map) = event.as_object_mut() {
+                                map.insert("airlock_node".into(), node.node.clone().into());
+                            }
+                            written = writeln!(out, "{event}");
                         }
-                    }
+                        written.is_ok()
+                    })
+                    .await?;
+                if let Err(e) = written {
+                    return output_failed(e);
                 }
             }
             out.flush().map_or_else(output_failed, |()| Ok(exit::OK))

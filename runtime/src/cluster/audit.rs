@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{Cluster, failed};
 use crate::Error;
-use crate::audit::{Record, Verification};
+use crate::audit::{RawLine, Record, Verification};
 use crate::identity::PublicKeys;
 
 /// The stream of every node's audit records.
@@ -46,8 +46,6 @@ pub fn valid_node_name(name: &str) -> bool {
 pub struct NodeVerification {
     pub node: String,
     pub verification: Verification,
-    /// The node's lines as read from the stream.
-    pub lines: Vec<u8>,
 }
 
 impl Cluster {
@@ -170,29 +168,46 @@ impl Cluster {
                 Err(e) => return Err(failed(&format!("reading the keys of node {node}"), e)),
             };
             let keys = PublicKeys::from_jwks(&jwks);
-            let lines = self.records_of(&node).await?;
             let verification = if keys.is_empty() {
                 Verification {
                     records: 0,
                     problem: Some((0, format!("node {node} published no usable keys"))),
                 }
             } else {
-                crate::audit::verify_lines(&lines, &keys)
+                // Each message is one line: one with a line end inside is
+                // not a record.
+                let mut verifier = crate::audit::Verifier::new(&keys);
+                self.each_record(&node, |line| verifier.push(RawLine::Whole(line)))
+                    .await?;
+                verifier.finish()
             };
-            results.push(NodeVerification {
-                node,
-                verification,
-                lines,
-            });
+            results.push(NodeVerification { node, verification });
         }
         Ok(results)
     }
 
     /// `node`'s shipped lines, in order, as one log.
     pub async fn records_of(&self, node: &str) -> Result<Vec<u8>, Error> {
+        let mut lines = Vec::new();
+        self.each_record(node, |line| {
+            lines.extend_from_slice(line);
+            lines.push(b'\n');
+            true
+        })
+        .await?;
+        Ok(lines)
+    }
+
+    /// Hand `node`'s shipped lines, in order, to `each` until it returns
+    /// false, holding one at a time.
+    pub async fn each_record(
+        &self,
+        node: &str,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), Error> {
         let subject = format!("{AUDIT_SUBJECT_PREFIX}{node}");
         if self.shipped(node).await? == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let stream = self
             .js
@@ -211,17 +226,17 @@ impl Cluster {
             .messages()
             .await
             .map_err(|e| failed(&format!("reading {subject}"), e))?;
-        let mut lines = Vec::new();
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| failed(&format!("reading {subject}"), e))?;
-            lines.extend_from_slice(&message.payload);
-            lines.push(b'\n');
+            if !each(&message.payload) {
+                break;
+            }
             let pending = message.info().map(|i| i.pending).unwrap_or(0);
             if pending == 0 {
                 break;
             }
         }
-        Ok(lines)
+        Ok(())
     }
 }
 
