@@ -83,15 +83,34 @@ impl Serving {
     }
 
     /// Ask the server to stop as an operator would (SIGTERM), and wait for
-    /// it: its exit status and everything it wrote to stderr.
+    /// it: its exit status and everything it wrote to stderr. A server that
+    /// has not stopped after 30 s fails the test rather than hanging it.
     pub fn terminate(mut self) -> (ExitStatus, String) {
+        const GRACE: std::time::Duration = std::time::Duration::from_secs(30);
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
-        let status = self
-            .child
-            .wait()
-            .unwrap_or_else(|e| panic!("waiting for airlock serve: {e}"));
+        let deadline = std::time::Instant::now() + GRACE;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    if let Some(reader) = self.reader.take() {
+                        let _ = reader.join();
+                    }
+                    panic!(
+                        "airlock serve did not stop within {GRACE:?} of SIGTERM; it wrote:\n{}",
+                        self.stderr()
+                    );
+                }
+                Err(e) => panic!("waiting for airlock serve: {e}"),
+            }
+        };
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
