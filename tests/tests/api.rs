@@ -611,8 +611,61 @@ async fn auditors_read_filter_page_verify_and_export_the_log() {
     assert!(!events.is_empty());
     assert!(events.iter().all(|e| e["class_uid"] == 6003), "{text}");
 
-    // Tampering shows through the API too.
+    // A log longer than one chunk of the streamed export, and than one
+    // step of the bisection a deep page starts with.
+    let log = s
+        .node
+        .node
+        .services()
+        .audit
+        .clone()
+        .unwrap_or_else(|| panic!("no log"));
+    let padding = "p".repeat(500);
+    let filler: Vec<Value> = (0..3000)
+        .map(|n| json!({"kind": "call", "n": n, "pad": padding}))
+        .collect();
+    log.append(&filler).unwrap_or_else(|e| panic!("{e}"));
     let path = s.node.dir.path().join("data/audit/audit.jsonl");
+    let written = std::fs::read_to_string(&path).unwrap_or_default();
+    let total = written.lines().count() as u64;
+    let (_, page) = s
+        .get(
+            &s.keys.auditor,
+            &format!("/v1/audit?limit=2&after={}", total - 10),
+        )
+        .await;
+    let seqs: Vec<u64> = page["records"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [total - 9, total - 8], "{page}");
+    assert_eq!(page["next"], total - 8, "{page}");
+    let expected = written
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r| airlock_runtime::audit::ocsf::event(r).is_some())
+        .count();
+    let text = s
+        .client
+        .get(s.url("/v1/audit/export?format=ocsf"))
+        .bearer_auth(&s.keys.auditor)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(text.len() > 64 << 10);
+    assert_eq!(text.lines().count(), expected);
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    );
+
+    // Tampering shows through the API too.
     let log = std::fs::read_to_string(&path).unwrap_or_default();
     std::fs::write(&path, log.replacen("t-1", "t-9", 1)).unwrap_or_else(|e| panic!("{e}"));
     let (_, body) = s.get(&s.keys.auditor, "/v1/audit/verify").await;

@@ -728,12 +728,19 @@ async fn audit_export(
         .into_response())
 }
 
-/// Send the log's records as OCSF events, a chunk at a time.
+/// Send the log's records as OCSF events, a chunk at a time, from a
+/// blocking thread. A client that stops reading for a minute gives the
+/// thread back.
 fn export_ocsf<R: std::io::BufRead>(
     mut lines: crate::audit::LineReader<R>,
     chunks: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
 ) {
     const CHUNK: usize = 64 << 10;
+    const STALLED: Duration = Duration::from_secs(60);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let send = |item| runtime.block_on(chunks.send_timeout(item, STALLED)).is_ok();
     let mut chunk = Vec::with_capacity(CHUNK);
     loop {
         match lines.next_line() {
@@ -747,9 +754,7 @@ fn export_ocsf<R: std::io::BufRead>(
                     chunk.push(b'\n');
                 }
                 if chunk.len() >= CHUNK
-                    && chunks
-                        .blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
-                        .is_err()
+                    && !send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
                 {
                     return;
                 }
@@ -757,13 +762,13 @@ fn export_ocsf<R: std::io::BufRead>(
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "reading the audit log for an export failed");
-                let _ = chunks.blocking_send(Err(e));
+                send(Err(e));
                 return;
             }
         }
     }
     if !chunk.is_empty() {
-        let _ = chunks.blocking_send(Ok(chunk));
+        send(Ok(chunk));
     }
 }
 
