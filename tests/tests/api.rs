@@ -595,15 +595,7 @@ async fn auditors_read_filter_page_verify_and_export_the_log() {
     assert_eq!(body["ok"], true, "{body}");
     assert!(body["records"].as_u64().unwrap_or_default() > 4);
 
-    let response = s
-        .client
-        .get(s.url("/v1/audit/export?format=ocsf"))
-        .bearer_auth(&s.keys.auditor)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
-    let text = response.text().await.unwrap_or_default();
+    let text = export(&s).await;
     let events: Vec<Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -648,16 +640,7 @@ async fn auditors_read_filter_page_verify_and_export_the_log() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|r| airlock_runtime::audit::ocsf::event(r).is_some())
         .count();
-    let text = s
-        .client
-        .get(s.url("/v1/audit/export?format=ocsf"))
-        .bearer_auth(&s.keys.auditor)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = export(&s).await;
     assert!(text.len() > 64 << 10);
     assert_eq!(text.lines().count(), expected);
     assert!(
@@ -671,6 +654,19 @@ async fn auditors_read_filter_page_verify_and_export_the_log() {
     let (_, body) = s.get(&s.keys.auditor, "/v1/audit/verify").await;
     assert_eq!(body["ok"], false, "{body}");
     assert!(body["problem"]["line"].as_u64().is_some(), "{body}");
+}
+
+/// The OCSF export, as an auditor reads it.
+async fn export(s: &Server) -> String {
+    let response = s
+        .client
+        .get(s.url("/v1/audit/export?format=ocsf"))
+        .bearer_auth(&s.keys.auditor)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    response.text().await.unwrap_or_default()
 }
 
 #[tokio::test]
