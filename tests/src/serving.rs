@@ -55,17 +55,10 @@ impl Serving {
         };
         match bound.recv_timeout(Duration::from_secs(60)) {
             Ok(Some(addr)) => serving.addr = addr,
-            outcome => {
-                let _ = serving.child.kill();
-                let _ = serving.child.wait();
-                if let Some(reader) = serving.reader.take() {
-                    let _ = reader.join();
-                }
-                panic!(
-                    "airlock serve did not start ({outcome:?}):\n{}",
-                    serving.stderr()
-                );
-            }
+            outcome => panic!(
+                "airlock serve did not start ({outcome:?}):\n{}",
+                serving.kill()
+            ),
         }
         serving
     }
@@ -80,6 +73,16 @@ impl Serving {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Kill the server and return everything it wrote to stderr.
+    fn kill(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.stderr()
     }
 
     /// Ask the server to stop as an operator would (SIGTERM), and wait for
@@ -97,17 +100,10 @@ impl Serving {
                 Ok(None) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    if let Some(reader) = self.reader.take() {
-                        let _ = reader.join();
-                    }
-                    panic!(
-                        "airlock serve did not stop within {GRACE:?} of SIGTERM; it wrote:\n{}",
-                        self.stderr()
-                    );
-                }
+                Ok(None) => panic!(
+                    "airlock serve did not stop within {GRACE:?} of SIGTERM; it wrote:\n{}",
+                    self.kill()
+                ),
                 Err(e) => panic!("waiting for airlock serve: {e}"),
             }
         };
