@@ -1013,15 +1013,49 @@ mod tests {
         }
     }
 
+    /// Global subscriber that keeps every callsite's interest at "sometimes".
+    /// Callsite interest is cached process-wide: a sibling test that reaches the
+    /// broker's span first on a thread without a subscriber would otherwise cache
+    /// "never" and hide the span from the scoped subscriber below.
+    struct KeepCallsitesOpen;
+
+    impl tracing::Subscriber for KeepCallsitesOpen {
+        fn register_callsite(
+            &self,
+            _: &'static tracing::Metadata<'static>,
+        ) -> tracing::subscriber::Interest {
+            tracing::subscriber::Interest::sometimes()
+        }
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            false
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
     #[test]
     fn every_call_is_a_span_named_for_its_capability_and_verb() {
         use tracing_subscriber::layer::SubscriberExt;
+        static KEEPER: std::sync::Once = std::sync::Once::new();
+        KEEPER.call_once(|| {
+            tracing::subscriber::set_global_default(KeepCallsitesOpen)
+                .expect("no other global subscriber in these tests");
+            tracing::callsite::rebuild_interest_cache();
+        });
         let spans = Spans::default();
         let subscriber = tracing_subscriber::registry().with(spans.clone());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         tracing::subscriber::with_default(subscriber, || {
+            // Heals a callsite a sibling was registering before the keeper existed.
+            tracing::callsite::rebuild_interest_cache();
             runtime.block_on(async {
                 let ctx = ctx(Decision::deny(vec!["p1".into()], None), 10);
                 assert!(ctx.authorize(request()).await.is_err());
