@@ -145,6 +145,16 @@ where
     F: Fn() -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    throughput_counted(workers, tasks, time, once).0
+}
+
+/// Invocations per second, and every run made, warm-up included.
+fn throughput_counted<F, Fut>(workers: usize, tasks: usize, time: Duration, once: F) -> (f64, u64)
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let all = Arc::new(AtomicU64::new(0));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -158,6 +168,7 @@ where
         for _ in 0..tasks {
             let once = once.clone();
             let count = count.clone();
+            let all = all.clone();
             handles.push(tokio::spawn(async move {
                 loop {
                     let now = Instant::now();
@@ -165,6 +176,7 @@ where
                         break;
                     }
                     once().await;
+                    all.fetch_add(1, Ordering::Relaxed);
                     if now >= warm_until {
                         count.fetch_add(1, Ordering::Relaxed);
                     }
@@ -175,7 +187,36 @@ where
             handle.await.unwrap();
         }
     });
-    count.load(Ordering::Relaxed) as f64 / time.as_secs_f64()
+    (
+        count.load(Ordering::Relaxed) as f64 / time.as_secs_f64(),
+        all.load(Ordering::Relaxed),
+    )
+}
+
+/// CPU time (user and system, in clock ticks) of the whole process,
+/// threads that have exited included. Per thread, tick accounting charges
+/// threads woken by a timer (the audit writer) for more than they use.
+fn cpu_ticks() -> u64 {
+    // Fields after the command's closing parenthesis: state is the first,
+    // utime the 12th, stime the 13th.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map(|close| stat[close + 1..].split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Microseconds of CPU a run, from clock ticks and runs counted.
+fn per_run_us(ticks: u64, runs: u64) -> f64 {
+    // Linux reports these in USER_HZ, 100 on every architecture we run on.
+    ticks as f64 * 10_000.0 / runs.max(1) as f64
 }
 
 fn us(d: Duration) -> f64 {
@@ -385,19 +426,27 @@ fn audit_cost(airlock: &Arc<Engine>, workloads: &[Workload], cores: usize) {
         println!("  {}", workload.label);
         let mut ratios = Vec::new();
         let mut offs = Vec::new();
+        let (mut cpu_off, mut cpu_on) = (0, 0);
+        let (mut runs_off, mut runs_on) = (0, 0);
         for round in 1..=rounds {
-            let rate_off = throughput_tasks(
+            let before = cpu_ticks();
+            let (rate_off, made) = throughput_counted(
                 cores,
                 in_flight,
                 AUDIT_ROUND_TIME,
                 once(off.clone(), workload),
             );
-            let rate_on = throughput_tasks(
+            let between = cpu_ticks();
+            let (rate_on, made_on) = throughput_counted(
                 cores,
                 in_flight,
                 AUDIT_ROUND_TIME,
                 once(on.clone(), workload),
             );
+            let after = cpu_ticks();
+            cpu_off += between - before;
+            cpu_on += after - between;
+            (runs_off, runs_on) = (runs_off + made, runs_on + made_on);
             println!(
                 "    round {round:2}   off {rate_off:9.0}/s   durable {rate_on:9.0}/s   {:.3}",
                 rate_on / rate_off
@@ -405,6 +454,13 @@ fn audit_cost(airlock: &Arc<Engine>, workloads: &[Workload], cores: usize) {
             ratios.push(rate_on / rate_off);
             offs.push(rate_off);
         }
+        // CPU a run, for seeing where the log's cost goes: a rate alone
+        // cannot tell a busier run from an idle core.
+        println!(
+            "    CPU a run (all rounds, this process)   off {:.1} µs   durable {:.1} µs",
+            per_run_us(cpu_off, runs_off),
+            per_run_us(cpu_on, runs_on),
+        );
         ratios.sort_by(f64::total_cmp);
         offs.sort_by(f64::total_cmp);
         let median = |v: &[f64]| v[v.len() / 2];
