@@ -822,9 +822,14 @@ impl serde_json::ser::Formatter for Bounded {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
-        // Fewer bytes than characters left: all of it fits.
+        // Fewer bytes than characters left: all of it fits. Most fragments
+        // are ASCII, where bytes are characters and need no counting.
         if fragment.len() <= self.left {
-            self.left -= fragment.chars().count();
+            self.left -= if fragment.is_ascii() {
+                fragment.len()
+            } else {
+                fragment.chars().count()
+            };
             return writer.write_all(fragment.as_bytes());
         }
         let end = fragment

@@ -364,6 +364,25 @@ fn long_guest_strings_are_cut_and_marked() {
 }
 
 #[test]
+fn strings_are_cut_at_exactly_the_bound_in_characters() {
+    let event = |key: String| {
+        let line = super::line(&json!({ "key": key }));
+        let value: serde_json::Value =
+            serde_json::from_slice(line.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        value["key"].as_str().unwrap_or_default().to_string()
+    };
+    let ascii = "a".repeat(MAX_STRING);
+    assert_eq!(event(ascii.clone()), ascii, "at the bound: whole");
+    let over = event(format!("{ascii}b"));
+    assert_eq!(over, format!("{ascii}…"), "one over: cut and marked");
+    // ASCII, an escape, then two-byte characters: each counts as one.
+    let mixed = format!("{}\t{}", "a".repeat(MAX_STRING - 4), "é".repeat(4));
+    let kept = event(mixed);
+    assert_eq!(kept.chars().count(), MAX_STRING + 1, "{kept}");
+    assert!(kept.ends_with("a\tééé…"), "{kept}");
+}
+
+#[test]
 fn records_export_as_ocsf_api_activity() {
     let call = Record {
         seq: 7,
