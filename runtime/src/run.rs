@@ -136,6 +136,9 @@ pub enum RunStatus {
     /// The run was dropped before it finished: its caller went away or the
     /// server shut down. Only ever seen in the audit log.
     Cancelled,
+    /// No instance slot was free: the node was at capacity, and nothing of
+    /// the skill ran. Worth retrying.
+    Busy,
 }
 
 /// Why a run did not produce output.
@@ -299,6 +302,18 @@ fn limit_error(limit: Limit, detail: impl Into<String>) -> RunError {
 
 /// Name what ended an instance.
 fn classify(error: &wasmtime::Error, limits: &Limits) -> (RunStatus, RunError) {
+    // The pool's, not the skill's: every slot of some kind is taken.
+    if let Some(full) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return (
+            RunStatus::Busy,
+            RunError {
+                limit: None,
+                message: format!(
+                    "the node is at capacity ({full}; the engine's `max_instances`): nothing ran, retry shortly"
+                ),
+            },
+        );
+    }
     if let Some(HostError::Limit { limit, detail }) = error.downcast_ref::<HostError>() {
         return (RunStatus::Limit, limit_error(*limit, detail.clone()));
     }

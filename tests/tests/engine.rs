@@ -96,6 +96,60 @@ fn precompiled_artifacts_are_never_accepted_as_skills() {
     }
 }
 
+/// A full pool is the node's state, not the skill's fault: the run says it
+/// is busy (retry), not that the skill trapped, and the slot comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_no_free_instance_slot_is_busy_not_a_trap() {
+    let engine = std::sync::Arc::new(
+        Engine::new(EngineConfig {
+            max_instances: 1,
+            ..EngineConfig::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
+    let hello = engine
+        .load(&wasm(skills::HELLO))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let spin = engine
+        .load(&wasm(skills::INFINITE_LOOP))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut long = request("infinite-loop", "{}");
+    long.limits.deadline = std::time::Duration::from_secs(3);
+    let holder = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.run(&spin, long, &Services::default()).await })
+    };
+    // The holder takes the one slot as soon as it is scheduled.
+    let mut busy = None;
+    for _ in 0..100 {
+        let report = engine
+            .run(&hello, request("hello", "{}"), &Services::default())
+            .await;
+        if report.status == RunStatus::Busy {
+            busy = Some(report);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let busy = busy.unwrap_or_else(|| panic!("no run was refused for want of a slot"));
+    assert_eq!(busy.output, None);
+    let message = busy.error.map(|e| e.message).unwrap_or_default();
+    assert!(message.contains("at capacity"), "{message}");
+    assert!(message.contains("max_instances"), "{message}");
+    assert!(!message.contains("trapped"), "{message}");
+    let held = holder.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(held.status, RunStatus::Limit, "{:?}", held.error);
+    // The slot is free again.
+    let report = engine
+        .run(
+            &hello,
+            request("hello", r#"{"name":"x"}"#),
+            &Services::default(),
+        )
+        .await;
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
+}
+
 #[tokio::test]
 async fn on_demand_allocation_runs_skills_too() {
     let engine = Engine::new(EngineConfig {

@@ -18,7 +18,7 @@ use super::{Api, ApiError, ErrorBody, Principal};
 use crate::SkillDigest;
 use crate::admission::{SkillRecord, Submission};
 use crate::audit::Record;
-use crate::run::{RunReport, RunRequest};
+use crate::run::{RunReport, RunRequest, RunStatus};
 
 /// The public routes (health), the authenticated ones, and the OpenAPI
 /// document of both, built together so they cannot drift apart.
@@ -486,7 +486,7 @@ struct LimitsBody {
     host_calls: Option<u64>,
 }
 
-#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = RunBody, responses((status = 200, description = "The run's report: status, output or error, usage, decisions", body = RunReport), (status = 404, description = "No such skill", body = ErrorBody), (status = 409, description = "The skill is not runnable (pending, expired, quarantined, revoked)", body = ErrorBody), (status = 429, description = "Too many runs in progress; see Retry-After", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/runs", tag = "runs", request_body = RunBody, responses((status = 200, description = "The run's report: status, output or error, usage, decisions", body = RunReport), (status = 404, description = "No such skill", body = ErrorBody), (status = 409, description = "The skill is not runnable (pending, expired, quarantined, revoked)", body = ErrorBody), (status = 429, description = "Too many runs in progress, or no instance slot free; see Retry-After", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn run(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
@@ -583,6 +583,14 @@ pub(super) async fn run_skill(
     match api.node().run_admitted(digest, request).await {
         Ok(report) => {
             counted.ended(&report);
+            // Nothing ran: the caller's retry, not a result.
+            if report.status == RunStatus::Busy {
+                let why = report.error.map(|e| e.message).unwrap_or_default();
+                return Err(ApiError::busy(format!(
+                    "run {} did not start: {why}",
+                    report.instance
+                )));
+            }
             Ok(report)
         }
         Err(e) => {

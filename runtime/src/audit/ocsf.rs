@@ -62,7 +62,7 @@ pub fn event(record: &Record) -> Option<Value> {
         || kind == "call.repeated"
         || matches!(
             run_status,
-            "trap" | "limit" | "stopped" | "audit_failed" | "skill_error"
+            "trap" | "limit" | "stopped" | "audit_failed" | "skill_error" | "busy" | "cancelled"
         );
     let (status_id, status) = if failed {
         (2, "Failure")

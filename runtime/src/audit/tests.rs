@@ -437,6 +437,21 @@ fn records_export_as_ocsf_api_activity() {
     );
     assert_eq!(event["resources"][0]["name"], "team/reports/q3");
 
+    // A run's end is a failure unless the run returned a result.
+    for (status, expected) in [
+        ("ok", "Success"),
+        ("skill_error", "Failure"),
+        ("busy", "Failure"),
+        ("cancelled", "Failure"),
+    ] {
+        let end = Record {
+            event: json!({"kind": "run.end", "instance": "i-1", "skill": "report", "status": status}),
+            ..call.clone()
+        };
+        let event = ocsf::event(&end).unwrap_or_else(|| panic!("no event"));
+        assert_eq!(event["status"].as_str(), Some(expected), "{status}");
+    }
+
     let checkpoint = Record {
         event: json!({"kind": "checkpoint", "count": 6, "head": GENESIS, "kid": "k", "sig": "s"}),
         ..call

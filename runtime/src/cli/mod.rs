@@ -99,6 +99,7 @@ pub mod exit {
     pub const TRAP: u8 = 5;
     pub const STOPPED: u8 = 6;
     pub const AUDIT: u8 = 7;
+    pub const BUSY: u8 = 8;
 }
 
 impl From<crate::Error> for Failure {

@@ -25,7 +25,8 @@ Exit codes:
   4  a limit was hit (the message names it)
   5  the skill trapped
   6  the instance was stopped (its skill was revoked or quarantined)
-  7  the run could not be recorded in the audit log (refused, or its result withheld)";
+  7  the run could not be recorded in the audit log (refused, or its result withheld)
+  8  no instance slot was free (the node is at capacity): nothing ran";
 
 /// Run a skill once and print its output.
 ///
@@ -322,6 +323,7 @@ pub async fn run(args: RunArgs, config: Config, data_dir: Option<PathBuf>) -> Re
         RunStatus::Trap => exit::TRAP,
         RunStatus::Stopped => exit::STOPPED,
         RunStatus::AuditFailed | RunStatus::Cancelled => exit::AUDIT,
+        RunStatus::Busy => exit::BUSY,
     };
     if args.json {
         print_json(&report);
