@@ -335,6 +335,81 @@ async fn a_revocation_on_one_node_stops_an_instance_on_another() {
     );
 }
 
+/// Denials are counted across the cluster: a skill whose runs are spread
+/// over nodes gets one budget before it is quarantined, not one per node.
+#[tokio::test(flavor = "multi_thread")]
+async fn denials_on_different_nodes_add_up_to_one_automatic_quarantine() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let config = "[admission]\nquarantine_after = 4\nquarantine_window = \"1m\"\n";
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let registry = std::sync::Arc::new(node(&server).await);
+        nodes.push(airlock_tests::TestNode::with_registry(
+            config,
+            &[],
+            registry,
+        ));
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (record, _) = a
+        .node
+        .admit(wasm(skills::CAPABILITY_PROBE), submission("probe"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.node
+        .approve(record.digest, "bob", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // No policy allows storage: each get is denied.
+    let two_denied = r#"{"calls": [
+        {"op": "storage.get", "key": "a"},
+        {"op": "storage.get", "key": "b"}
+    ]}"#;
+    let state = async || {
+        a.node
+            .skills()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(&record.digest)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| (r.state, r.reason))
+    };
+    let report = a
+        .node
+        .run_admitted(record.digest, request("ignored", two_denied))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
+    assert_eq!(
+        state().await,
+        Some((State::Approved, None)),
+        "2 of 4 so far"
+    );
+    b.node
+        .run_admitted(record.digest, request("ignored", two_denied))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Each node alone has seen 2; together they have seen 4.
+    assert_eq!(
+        state().await,
+        Some((
+            State::Quarantined,
+            Some("4 denied calls within 1m".to_string())
+        ))
+    );
+    let again = a
+        .node
+        .run_admitted(record.digest, request("ignored", "{}"))
+        .await;
+    assert!(
+        again.is_err_and(|e| e.to_string().contains("quarantined")),
+        "a quarantined skill ran on A"
+    );
+}
+
 /// A node that loses NATS refuses new runs rather than running without
 /// seeing revocations.
 #[tokio::test(flavor = "multi_thread")]

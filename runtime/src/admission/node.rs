@@ -383,12 +383,35 @@ impl Node {
             .iter()
             .filter(|r| r.decision.verdict == Verdict::Deny && r.decision.mode == Mode::Enforce)
             .count();
-        if !self.running.deny(
-            digest,
-            denied,
-            config.quarantine_after,
-            config.quarantine_window,
-        ) {
+        if config.quarantine_after == 0 || denied == 0 {
+            return;
+        }
+        // Shared by every node when the registry is: a skill spread over
+        // many nodes gets one budget of denials, not one each.
+        let shared = match &self.store {
+            Some(store) => store
+                .count_denials(
+                    &digest,
+                    denied,
+                    config.quarantine_after,
+                    config.quarantine_window,
+                )
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(skill = %digest, error = %e, "the shared count of denials is out of reach; counting on this node");
+                    None
+                }),
+            None => None,
+        };
+        let reached = shared.unwrap_or_else(|| {
+            self.running.deny(
+                digest,
+                denied,
+                config.quarantine_after,
+                config.quarantine_window,
+            )
+        });
+        if !reached {
             return;
         }
         // Already held (by another run, or by someone): nothing to add.

@@ -67,6 +67,20 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
     fn available(&self) -> Result<(), Error> {
         Ok(())
     }
+
+    /// Count `denied` enforced denials of `digest` now, in one count shared
+    /// by every node of this registry: true when the last `window` holds at
+    /// least `threshold` of them (and the count starts again). `None` when
+    /// the registry keeps no shared count and each node counts its own.
+    async fn count_denials(
+        &self,
+        _digest: &SkillDigest,
+        _denied: usize,
+        _threshold: u32,
+        _window: Duration,
+    ) -> Result<Option<bool>, Error> {
+        Ok(None)
+    }
 }
 
 /// The embedded store: SQLite and component files in the data directory,

@@ -47,6 +47,8 @@ pub use runs::{
 pub const COMPONENTS_BUCKET: &str = "airlock-components";
 /// The key-value bucket of skill records.
 pub const SKILLS_BUCKET: &str = "airlock-skills";
+/// Each skill's recent enforced denials, counted across nodes.
+pub const DENIALS_BUCKET: &str = "airlock-denials";
 /// Revisions kept per skill record.
 pub const SKILL_HISTORY: i64 = 64;
 /// How many times a change is checked again after losing a race.
@@ -155,6 +157,7 @@ pub struct Cluster {
     keys: kv::Store,
     claims: kv::Store,
     live: kv::Store,
+    denials: kv::Store,
     /// Holds seen by this node's one watch of the bucket, for every
     /// instance waiting on its skill.
     holds: tokio::sync::broadcast::Sender<(SkillDigest, State)>,
@@ -238,6 +241,20 @@ impl Cluster {
         let keys = Cluster::keys_bucket(&js, config.replicas).await?;
         let claims = Cluster::run_queue(&js, config.replicas).await?;
         let live = Cluster::live_tokens_bucket(&js, config.replicas).await?;
+        let denials = bucket(
+            &js,
+            kv::Config {
+                bucket: DENIALS_BUCKET.into(),
+                description: "Airlock skills' recent enforced denials, on any node".into(),
+                history: 1,
+                // A window is minutes long; this only bounds what is left
+                // of skills that stopped running.
+                max_age: Duration::from_secs(24 * 3600),
+                num_replicas: config.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
         let (holds, _) = tokio::sync::broadcast::channel(1024);
         let cluster = Cluster {
             client,
@@ -247,6 +264,7 @@ impl Cluster {
             keys,
             claims,
             live,
+            denials,
             holds,
         };
         tokio::spawn(cluster.clone().relay_holds());
@@ -474,6 +492,64 @@ impl Cluster {
         Ok(bytes)
     }
 
+    /// [`Registry::count_denials`]: the skill's recent denial times,
+    /// changed only if no other node changed them since they were read.
+    async fn count_denials(
+        &self,
+        digest: &SkillDigest,
+        denied: usize,
+        threshold: u32,
+        window: Duration,
+    ) -> Result<bool, Error> {
+        let key = digest.to_hex();
+        let what = || format!("counting the denials of skill {}", digest.short());
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let cap = usize::try_from(threshold).unwrap_or(usize::MAX);
+        for _ in 0..RETRIES {
+            let entry = self
+                .denials
+                .entry(key.as_str())
+                .await
+                .map_err(|e| failed(&what(), e))?;
+            let (mut times, revision) = match entry {
+                Some(entry) if entry.operation == kv::Operation::Put => (
+                    // Unreadable times count as none, not as a failure.
+                    serde_json::from_slice::<Vec<u64>>(&entry.value).unwrap_or_default(),
+                    Some(entry.revision),
+                ),
+                Some(entry) => (Vec::new(), Some(entry.revision)),
+                None => (Vec::new(), None),
+            };
+            let now = now_ms();
+            times.retain(|t| now.saturating_sub(*t) <= window_ms);
+            times.extend(std::iter::repeat_n(now, denied.min(cap)));
+            times.sort_unstable();
+            let surplus = times.len().saturating_sub(cap);
+            times.drain(..surplus);
+            let reached = times.len() >= cap;
+            if reached {
+                times.clear();
+            }
+            let body = bytes::Bytes::from(serde_json::to_vec(&times).unwrap_or_default());
+            let written = match revision {
+                Some(revision) => match self.denials.update(key.as_str(), body, revision).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => Err(failed(&what(), e)),
+                },
+                None => match self.denials.create(key.as_str(), body).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                    Err(e) => Err(failed(&what(), e)),
+                },
+            };
+            return written.map(|()| reached);
+        }
+        Err(Error::Cluster(format!(
+            "the denials of skill {digest} kept changing while they were counted"
+        )))
+    }
+
     /// Apply a change checked by `decide` against the record as it is;
     /// written only if nobody changed the record since it was read, else
     /// read and checked again.
@@ -636,6 +712,18 @@ impl Registry for Cluster {
 
     async fn resolve(&self, text: &str) -> Result<SkillDigest, Error> {
         Cluster::resolve(self, text).await
+    }
+
+    async fn count_denials(
+        &self,
+        digest: &SkillDigest,
+        denied: usize,
+        threshold: u32,
+        window: Duration,
+    ) -> Result<Option<bool>, Error> {
+        Cluster::count_denials(self, digest, denied, threshold, window)
+            .await
+            .map(Some)
     }
 
     async fn approve(
