@@ -621,6 +621,57 @@ fn a_skill_is_admitted_approved_run_by_digest_and_revoked() {
 }
 
 #[test]
+fn denials_in_separate_runs_of_the_cli_add_up_to_an_automatic_quarantine() {
+    let home = tempfile::tempdir().unwrap();
+    let config = write(
+        home.path(),
+        "airlock.toml",
+        "[admission]\nquarantine_after = 4\nquarantine_window = \"10m\"\n",
+    );
+    let at = |args: &[&str]| {
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        airlock_in(home.path(), &all)
+    };
+    let out = at(&[
+        "admit",
+        skills::CAPABILITY_PROBE,
+        "--name",
+        "probe",
+        "--agent",
+        "planner",
+        "--trust",
+        "low",
+        "--by",
+        "orchestrator",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let digest = text(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let out = at(&["approve", &digest, "--by", "reviewer", "--expires-in", "1h"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // No policy permits storage: two denials a run, each run its own process.
+    let denied = r#"{"calls":[{"op":"storage.get","key":"a"},{"op":"storage.get","key":"b"}]}"#;
+    let out = at(&["run", &digest, "--input", denied]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = at(&["inspect", &digest, "--json"]);
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["skill"]["state"], "approved", "2 of 4 so far");
+    let out = at(&["run", &digest, "--input", denied]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = at(&["run", &digest, "--input", denied]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("quarantined: 4 denied calls within 10m"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn a_signing_key_signs_what_admission_verifies() {
     let home = tempfile::tempdir().unwrap();
     let at = |args: &[&str]| airlock_in(home.path(), args);

@@ -34,8 +34,8 @@ pub mod registry;
 #[cfg(test)]
 mod tests;
 
-/// The database schema, version 2 (1 had no `tenant`; [`SkillStore::open`]
-/// migrates it).
+/// The database schema, version 3 (1 had no `tenant`, 2 no `denials`;
+/// [`SkillStore::open`] migrates both).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS skills (
     digest       TEXT PRIMARY KEY,      -- blake3 of the component, hex
@@ -69,7 +69,13 @@ CREATE TABLE IF NOT EXISTS transitions (
     reason  TEXT
 );
 CREATE INDEX IF NOT EXISTS transitions_by_digest ON transitions (digest, id);
-PRAGMA user_version = 2;
+CREATE TABLE IF NOT EXISTS denials (     -- toward automatic quarantine
+    digest  TEXT NOT NULL,
+    at_ms   INTEGER NOT NULL,
+    count   INTEGER NOT NULL            -- enforced denials in one run
+);
+CREATE INDEX IF NOT EXISTS denials_by_digest ON denials (digest, at_ms);
+PRAGMA user_version = 3;
 ";
 
 /// Where a skill is in its lifecycle.
@@ -580,16 +586,17 @@ impl SkillStore {
         let version: i64 = db
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(db_error)?;
-        if version > 2 {
+        if version > 3 {
             return Err(Error::Admission(format!(
-                "the skill database `{}` has schema version {version}, newer than this Airlock knows (2)",
+                "the skill database `{}` has schema version {version}, newer than this Airlock knows (3)",
                 path.display()
             )));
         }
         if version == 1 {
             migrate_v1(&mut db).map_err(db_error)?;
         }
-        // In one transaction with its version: a crash leaves all or none.
+        // Also version 2 to 3 (a new table), in one transaction with its
+        // version: a crash leaves all or none.
         db.execute_batch(&format!("BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;"))
             .map_err(db_error)?;
         Ok(SkillStore {
@@ -901,6 +908,53 @@ impl SkillStore {
             )));
         }
         Ok(bytes)
+    }
+
+    /// Count `denied` enforced denials of `digest` now, in the count every
+    /// process on the data directory shares: true when the last `window`
+    /// holds at least `threshold` of them, and the count starts again.
+    pub fn count_denials(
+        &self,
+        digest: &SkillDigest,
+        denied: usize,
+        threshold: u32,
+        window: Duration,
+    ) -> Result<bool, Error> {
+        if threshold == 0 || denied == 0 {
+            return Ok(false);
+        }
+        let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+        let since = now.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+        let added = i64::try_from(denied.min(threshold as usize)).unwrap_or(i64::MAX);
+        let key = digest.to_hex();
+        let mut db = self.db();
+        // Immediate: two processes cannot both read the count below the
+        // threshold and each add to it unseen.
+        let tx = db
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        // Every skill's old denials, so the table stays as small as the window.
+        tx.execute("DELETE FROM denials WHERE at_ms < ?1", params![since])
+            .map_err(db_error)?;
+        tx.execute(
+            "INSERT INTO denials (digest, at_ms, count) VALUES (?1, ?2, ?3)",
+            params![key, now, added],
+        )
+        .map_err(db_error)?;
+        let total: i64 = tx
+            .query_row(
+                "SELECT COALESCE(SUM(count), 0) FROM denials WHERE digest = ?1",
+                params![key],
+                |row| row.get(0),
+            )
+            .map_err(db_error)?;
+        let reached = total >= i64::from(threshold);
+        if reached {
+            tx.execute("DELETE FROM denials WHERE digest = ?1", params![key])
+                .map_err(db_error)?;
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(reached)
     }
 
     /// Changes when any process commits to the database: a cheap check for

@@ -84,7 +84,8 @@ pub trait Registry: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The embedded store: SQLite and component files in the data directory,
-/// shared by every process on it.
+/// shared by every process on it, denials toward automatic quarantine
+/// included.
 #[derive(Debug, Clone)]
 pub struct Embedded {
     store: Arc<SkillStore>,
@@ -169,6 +170,19 @@ impl Registry for Embedded {
             _ => store.quarantine(&digest, &actor, &reason),
         })
         .await
+    }
+
+    async fn count_denials(
+        &self,
+        digest: &SkillDigest,
+        denied: usize,
+        threshold: u32,
+        window: Duration,
+    ) -> Result<Option<bool>, Error> {
+        let digest = *digest;
+        self.blocking(move |store| store.count_denials(&digest, denied, threshold, window))
+            .await
+            .map(Some)
     }
 
     async fn load(&self, digest: &SkillDigest, _max: u64) -> Result<Vec<u8>, Error> {

@@ -350,9 +350,11 @@ fn a_version_1_database_is_migrated_and_its_skills_belong_to_the_default_tenant(
     std::fs::create_dir_all(&skills).unwrap();
     let tenant_column = "    changed_ms   INTEGER NOT NULL,      -- the last change of state\n    tenant       TEXT NOT NULL DEFAULT 'default' -- the submitter's tenant\n";
     assert!(SCHEMA.contains(tenant_column));
-    let v1 = SCHEMA
-        .replace(tenant_column, "    changed_ms   INTEGER NOT NULL\n")
-        .replace("user_version = 2", "user_version = 1");
+    let denials = SCHEMA.find("CREATE TABLE IF NOT EXISTS denials").unwrap();
+    let v1 = format!(
+        "{}PRAGMA user_version = 1;",
+        &SCHEMA[..denials].replace(tenant_column, "    changed_ms   INTEGER NOT NULL\n")
+    );
     {
         let db = Connection::open(skills.join("skills.db")).unwrap();
         db.execute_batch(&v1).unwrap();
@@ -371,10 +373,56 @@ fn a_version_1_database_is_migrated_and_its_skills_belong_to_the_default_tenant(
         .db()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
+    // Version 3's table is there.
+    assert!(
+        !store
+            .count_denials(&old.digest, 1, 2, Duration::from_secs(60))
+            .unwrap()
+    );
     drop(store);
     // Opening again is a no-op, not a second ALTER.
     SkillStore::open(&skills).unwrap();
+}
+
+#[test]
+fn denials_counted_by_two_processes_add_up_and_then_start_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = SkillStore::open(&dir.path().join("skills")).unwrap();
+    let two = SkillStore::open(&dir.path().join("skills")).unwrap();
+    let skill = SkillDigest::of(b"skill");
+    let other = SkillDigest::of(b"other");
+    let minute = Duration::from_secs(60);
+    assert!(!one.count_denials(&skill, 2, 4, minute).unwrap());
+    assert!(
+        !two.count_denials(&other, 3, 4, minute).unwrap(),
+        "another skill's count is its own"
+    );
+    assert!(!two.count_denials(&skill, 1, 4, minute).unwrap());
+    assert!(
+        one.count_denials(&skill, 1, 4, minute).unwrap(),
+        "2 + 1 + 1 reach 4"
+    );
+    // Reached: the count starts again.
+    assert!(!two.count_denials(&skill, 3, 4, minute).unwrap());
+    // One run's denials past the threshold are enough alone.
+    assert!(one.count_denials(&other, 9, 4, minute).unwrap());
+}
+
+#[test]
+fn denials_older_than_the_window_no_longer_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SkillStore::open(&dir.path().join("skills")).unwrap();
+    let skill = SkillDigest::of(b"skill");
+    let window = Duration::from_millis(50);
+    assert!(!store.count_denials(&skill, 3, 4, window).unwrap());
+    std::thread::sleep(Duration::from_millis(120));
+    assert!(!store.count_denials(&skill, 3, 4, window).unwrap());
+    assert!(
+        store
+            .count_denials(&skill, 1, 4, Duration::from_secs(60))
+            .unwrap()
+    );
 }
 
 /// An approval checked while the skill was pending, applied after another
