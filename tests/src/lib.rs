@@ -52,7 +52,7 @@ impl TestNode {
     }
 
     pub fn with_mode(config: &str, policies: &[(&str, &str)], mode: Option<PolicyMode>) -> Self {
-        Self::with_options(config, policies, mode, None, None)
+        Self::with_options(config, policies, mode, None, None, None)
     }
 
     /// With host names resolved by `resolver`.
@@ -61,7 +61,7 @@ impl TestNode {
         policies: &[(&str, &str)],
         resolver: Arc<dyn airlock_runtime::egress::Resolver>,
     ) -> Self {
-        Self::with_options(config, policies, None, Some(resolver), None)
+        Self::with_options(config, policies, None, Some(resolver), None, None)
     }
 
     /// With admitted skills in `registry` (a cluster's) instead of the
@@ -71,7 +71,18 @@ impl TestNode {
         policies: &[(&str, &str)],
         registry: Arc<dyn airlock_runtime::admission::registry::Registry>,
     ) -> Self {
-        Self::with_options(config, policies, None, None, Some(registry))
+        Self::with_options(config, policies, None, None, Some(registry), None)
+    }
+
+    /// On `engine` (for its pool's size, say) instead of the shared one,
+    /// with admitted skills in `registry` if given.
+    pub fn with_engine(
+        config: &str,
+        policies: &[(&str, &str)],
+        registry: Option<Arc<dyn airlock_runtime::admission::registry::Registry>>,
+        engine: Arc<Engine>,
+    ) -> Self {
+        Self::with_options(config, policies, None, None, registry, Some(engine))
     }
 
     fn with_options(
@@ -80,6 +91,7 @@ impl TestNode {
         mode: Option<PolicyMode>,
         resolver: Option<Arc<dyn airlock_runtime::egress::Resolver>>,
         registry: Option<Arc<dyn airlock_runtime::admission::registry::Registry>>,
+        engine: Option<Arc<Engine>>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let skills_dir = std::path::Path::new(skills::HELLO).parent().unwrap();
@@ -96,7 +108,7 @@ impl TestNode {
         let node = Node::new(
             config,
             NodeOptions {
-                shared_engine: Some(engine().clone()),
+                shared_engine: Some(engine.unwrap_or_else(|| self::engine().clone())),
                 policy_dir: Some(policy_dir),
                 policy_mode: mode,
                 resolver,

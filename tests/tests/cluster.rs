@@ -911,6 +911,151 @@ async fn the_api_queues_runs_for_the_node_with_room() {
     assert_eq!((started(&front), started(&back)), (0, 1));
 }
 
+/// A node on the cluster whose engine has one instance slot, with `probe`
+/// (the capability probe) and `hello` approved.
+async fn one_slot_node(
+    cluster: &Cluster,
+    config: &str,
+) -> (airlock_tests::TestNode, SkillDigest, SkillDigest) {
+    let engine = airlock_runtime::engine::Engine::new(airlock_runtime::engine::EngineConfig {
+        max_instances: 1,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let node = airlock_tests::TestNode::with_engine(
+        config,
+        &[],
+        Some(std::sync::Arc::new(cluster.clone())),
+        std::sync::Arc::new(engine),
+    );
+    let mut digests = Vec::new();
+    for (path, name) in [
+        (skills::CAPABILITY_PROBE, "probe"),
+        (skills::HELLO, "hello"),
+    ] {
+        let (record, _) = node.node.admit(wasm(path), submission(name)).await.unwrap();
+        node.node.approve(record.digest, "bob", None).await.unwrap();
+        digests.push(record.digest);
+    }
+    (node, digests[0], digests[1])
+}
+
+/// Take `node`'s one slot for `ms` milliseconds with a local run.
+async fn hold_the_slot(
+    node: &airlock_tests::TestNode,
+    probe: SkillDigest,
+    ms: u64,
+) -> tokio::task::JoinHandle<airlock_runtime::run::RunReport> {
+    let input = format!(r#"{{"calls": [{{"op": "sleep", "count": {ms}}}]}}"#);
+    let holder = {
+        let node = node.node.clone();
+        tokio::spawn(async move {
+            node.run_admitted(probe, request("probe", &input))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder
+}
+
+/// Run ends of status `busy` in `node`'s audit log.
+fn busy_ends(node: &airlock_tests::TestNode) -> usize {
+    let path = node.node.services().audit.as_ref().unwrap().path();
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("\"run.end\"") && line.contains("\"status\":\"busy\""))
+        .count()
+}
+
+/// A queued run that finds its node's instance pool full is put back on the
+/// queue, not answered busy: it runs once a slot is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_run_that_finds_no_free_slot_goes_back_on_the_queue() {
+    use airlock_runtime::cluster::{QueuedRun, RunOutcome};
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let cluster = node(&server).await;
+    let (small, probe, hello) = one_slot_node(&cluster, "").await;
+    let holder = hold_the_slot(&small, probe, 1_000).await;
+    let _serving = cluster.serve_runs(
+        small.node.clone(),
+        "small".into(),
+        4,
+        Duration::from_secs(5),
+    );
+    let run = QueuedRun {
+        id: "run-while-full".into(),
+        digest: hello,
+        input: r#"{"name":"Ada"}"#.into(),
+        task: Default::default(),
+        limits: airlock_runtime::Limits::default(),
+    };
+    match cluster
+        .queue_run(&run, Duration::from_secs(30))
+        .await
+        .unwrap()
+    {
+        RunOutcome::Done { report, .. } => {
+            assert_eq!(report["status"], "ok", "{report}");
+            assert_eq!(report["output"], r#"{"greeting":"hello, Ada"}"#);
+        }
+        failed => panic!("the run did not complete: {failed:?}"),
+    }
+    let held = holder.await.unwrap();
+    assert_eq!(held.status, RunStatus::Ok, "{:?}", held.error);
+    assert!(busy_ends(&small) >= 1, "the run never found the slot taken");
+}
+
+/// `POST /v1/runs` on a cluster whose every delivery of the run finds no
+/// free slot: 429 with Retry-After, as on a single node, after the queue's
+/// last delivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_answers_busy_when_every_delivery_finds_no_free_slot() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let (key, hash) = airlock_runtime::api::new_key();
+    let config =
+        format!("[[api.keys]]\nprincipal = \"runner\"\nroles = [\"runner\"]\nhash = \"{hash}\"\n");
+    let cluster = node(&server).await;
+    let (small, probe, hello) = one_slot_node(&cluster, &config).await;
+    let holder = hold_the_slot(&small, probe, 5_000).await;
+    let _serving = cluster.serve_runs(
+        small.node.clone(),
+        "small".into(),
+        4,
+        Duration::from_secs(5),
+    );
+    let api = airlock_runtime::api::Api::new(small.node.clone(), small.node.config().api.clone())
+        .unwrap();
+    api.queue_runs(cluster.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = airlock_runtime::api::router(api);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let answer = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/runs"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"skill": hello.to_hex(), "input": {"name": "Ada"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+    assert!(answer.headers().contains_key("retry-after"));
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("at capacity"), "{body}");
+    assert!(message.contains("tried 5 times"), "{body}");
+    assert_eq!(
+        busy_ends(&small),
+        usize::try_from(airlock_runtime::cluster::MAX_DELIVER).unwrap()
+    );
+    assert_eq!(holder.await.unwrap().status, RunStatus::Ok);
+}
+
 /// A token minted on node A is introspected as active on node C while its
 /// instance runs, and inactive once it ends; C's JWKS lists A's keys. A node
 /// outside the cluster knows nothing of it.

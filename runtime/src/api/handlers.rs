@@ -540,6 +540,18 @@ async fn run(
             limits,
         };
         return match cluster.queue_run(&run, wait).await? {
+            // Every delivery found its node full: the caller's retry, as
+            // for a local run.
+            crate::cluster::RunOutcome::Done { report, .. }
+                if crate::audit::field(&report, &["status"]) == "busy" =>
+            {
+                Err(ApiError::busy(format!(
+                    "run {} did not start: {} (the cluster's queue tried {} times)",
+                    crate::audit::field(&report, &["instance"]),
+                    crate::audit::field(&report, &["error", "message"]),
+                    crate::cluster::MAX_DELIVER
+                )))
+            }
             crate::cluster::RunOutcome::Done { report, .. } => Ok(Json(report).into_response()),
             crate::cluster::RunOutcome::Failed { reason } => Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -40,7 +40,8 @@ pub use audit::{
     valid_node_name,
 };
 pub use runs::{
-    MAX_DELIVER, QueuedRun, RUN_CLAIMS_BUCKET, RUNNERS, RUNS_STREAM, RUNS_SUBJECT, RunOutcome,
+    BUSY_PAUSE, MAX_DELIVER, QueuedRun, RUN_CLAIMS_BUCKET, RUNNERS, RUNS_STREAM, RUNS_SUBJECT,
+    RunOutcome,
 };
 
 /// The object store of skill components.

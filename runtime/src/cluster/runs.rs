@@ -21,6 +21,10 @@
 //!   that has not been renewed for half of it, takes it over (compare-and-set
 //!   again) and runs the request from the start. A redelivered run whose
 //!   claim is `done` is answered from the claim without running.
+//! - A node with no free instance slot (the run's status is `busy`: nothing
+//!   ran) frees its claim and puts the request back after a pause that
+//!   grows with each delivery ([`BUSY_PAUSE`]), for whichever node has room
+//!   by then. The last delivery answers `busy` instead.
 //! - After [`MAX_DELIVER`] deliveries the stream gives up; the waiting node
 //!   answers that the run was not completed. It never answers success
 //!   without a `done` claim.
@@ -52,6 +56,9 @@ pub const RUNNERS: &str = "airlock-runners";
 pub const RUN_CLAIMS_BUCKET: &str = "airlock-run-claims";
 /// Deliveries of one request before the stream gives up on it.
 pub const MAX_DELIVER: i64 = 5;
+/// How long a request found busy waits before its next delivery, times the
+/// deliveries so far.
+pub const BUSY_PAUSE: Duration = Duration::from_millis(250);
 
 /// A run request on the queue.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -333,6 +340,22 @@ impl Cluster {
                 }
             }
         };
+        if matches!(&result, Ok(report) if report.status == crate::run::RunStatus::Busy) {
+            let delivered = message.info().map_or(MAX_DELIVER, |info| info.delivered);
+            if delivered < MAX_DELIVER {
+                // Nothing ran. A claim renewed at 0 is stale at once: any
+                // node may take the request when it comes back.
+                let free = Claim::Running {
+                    node: name.to_string(),
+                    renewed_ms: 0,
+                };
+                if self.set_claim(&run.id, &free, revision).await.is_some() {
+                    let pause = BUSY_PAUSE * u32::try_from(delivered).unwrap_or(1);
+                    let _ = message.ack_with(AckKind::Nak(Some(pause))).await;
+                }
+                return;
+            }
+        }
         let outcome = match result {
             Ok(report) => match serde_json::to_value(&report) {
                 Ok(report) => RunOutcome::Done {
