@@ -39,6 +39,11 @@ fn stanza(principal: &str, roles: &[&str], tenant: &str, hash: &str) -> String {
 }
 
 async fn server(extra: &str) -> Server {
+    server_on(extra, None).await
+}
+
+/// A server on `engine` instead of the tests' shared one.
+async fn server_on(extra: &str, engine: Option<Arc<airlock_runtime::engine::Engine>>) -> Server {
     let mut config = String::from(extra);
     let mut key = |principal: &str, roles: &[&str]| {
         let (key, hash) = new_key();
@@ -54,10 +59,11 @@ async fn server(extra: &str) -> Server {
         both: key("alice", &["submitter", "reviewer"]),
         red: key("mallory@red", &["runner", "reviewer"]),
     };
-    let node = TestNode::new(
-        &config,
-        &[("allow.cedar", "permit(principal, action, resource);")],
-    );
+    let policies = [("allow.cedar", "permit(principal, action, resource);")];
+    let node = match engine {
+        Some(engine) => TestNode::with_engine(&config, &policies, None, engine),
+        None => TestNode::new(&config, &policies),
+    };
     let api = Api::new(node.node.clone(), node.node.config().api.clone())
         .unwrap_or_else(|e| panic!("{e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -545,6 +551,60 @@ async fn runs_beyond_a_principals_limit_get_429_with_retry_after() {
     let (status, body) = s.get(&s.keys.runner, "/healthz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["runs_in_progress"], 0);
+}
+
+/// With `max_runs` runs in progress, one of them calls a tool: the tool
+/// runs in a slot kept for tool calls, on a pool sized as `airlock serve`
+/// sizes it. Without slots kept, the same call finds the pool full.
+#[tokio::test]
+async fn tool_calls_find_a_slot_while_every_run_slot_is_taken() {
+    let hello = airlock_runtime::digest::SkillDigest::of(&wasm(skills::HELLO));
+    for tool_slots in [1, 0] {
+        let config = format!(
+            "[api]\nmax_runs = 2\ntool_slots = {tool_slots}\n[tools.greet]\ndigest = \"{hello}\"\nrisk = \"low\"\n"
+        );
+        let api = airlock_runtime::api::ApiConfig {
+            max_runs: 2,
+            tool_slots,
+            ..Default::default()
+        };
+        let engine = airlock_runtime::engine::Engine::new(airlock_runtime::engine::EngineConfig {
+            max_instances: api.instance_slots(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let s = Arc::new(server_on(&config, Some(Arc::new(engine))).await);
+        s.approved(skills::HELLO).await;
+        let probe = s.approved(skills::CAPABILITY_PROBE).await;
+        let sleeper = {
+            let s = s.clone();
+            let body =
+                json!({"skill": probe, "input": {"calls": [{"op": "sleep", "count": 1500}]}});
+            tokio::spawn(async move { s.post(&s.keys.runner, "/v1/runs", body).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let call = json!({"calls": [{"op": "tools.invoke", "name": "greet", "input": "{\"name\":\"Tool\"}"}]});
+        let (status, body) = s
+            .post(
+                &s.keys.runner,
+                "/v1/runs",
+                json!({"skill": probe, "input": call}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let output = body["output"].as_str().unwrap_or_default();
+        if tool_slots == 1 {
+            assert!(output.contains("hello, Tool"), "{body}");
+        } else {
+            assert!(output.contains("at capacity"), "{body}");
+        }
+        let (status, body) = sleeper.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::OK, &json!("ok")),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -41,6 +41,10 @@ pub struct ApiConfig {
     pub max_runs: u32,
     /// Runs in progress at once per principal.
     pub max_runs_per_principal: u32,
+    /// Instance slots kept for tool calls, beyond `max_runs`: runs never
+    /// take them, so a run's tool calls find room while `max_runs` runs
+    /// are in progress.
+    pub tool_slots: u32,
     /// Time to read a request's headers.
     #[serde(with = "crate::limits::humantime_serde")]
     pub header_timeout: Duration,
@@ -55,6 +59,14 @@ pub struct ApiConfig {
     pub policies: Option<std::path::PathBuf>,
 }
 
+impl ApiConfig {
+    /// The engine's instance pool for a server: a slot for every run it
+    /// admits, and those kept for tool calls.
+    pub fn instance_slots(&self) -> u32 {
+        self.max_runs.saturating_add(self.tool_slots).max(1)
+    }
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
@@ -62,6 +74,7 @@ impl Default for ApiConfig {
             max_body: 32 << 20,
             max_runs: 256,
             max_runs_per_principal: 64,
+            tool_slots: 256,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             keys: Vec::new(),

@@ -54,7 +54,7 @@ pub async fn serve(
             "airlock: no API keys are configured ([[api.keys]]): every /v1 request will be refused; make one with `airlock api-key --principal NAME --role ROLE`"
         );
     }
-    let max_instances = api_config.max_runs.max(16);
+    let max_instances = api_config.instance_slots();
     let (node, api) = node_and_api(config, data_dir, args.policy, Some(max_instances)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
