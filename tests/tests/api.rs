@@ -607,6 +607,52 @@ async fn tool_calls_find_a_slot_while_every_run_slot_is_taken() {
     }
 }
 
+/// Exports whose clients stop reading hold no thread of the server's:
+/// on a runtime with two blocking threads, three stalled exports still
+/// leave room for the next audit request.
+#[test]
+fn exports_that_stall_do_not_starve_other_requests() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let s = server("").await;
+        let log = s.node.node.services().audit.clone().unwrap();
+        // Tens of megabytes of events: more than a stalled client's sockets
+        // take in.
+        let pad = "x".repeat(500);
+        let events: Vec<Value> = (0..40_000)
+            .map(|i| json!({"kind": "run.start", "instance": format!("i{i}"), "skill": pad}))
+            .collect();
+        log.append(&events).unwrap_or_else(|e| panic!("{e}"));
+        let mut stalled = Vec::new();
+        for _ in 0..3 {
+            let response = s
+                .client
+                .get(s.url("/v1/audit/export"))
+                .bearer_auth(&s.keys.auditor)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(response.status(), StatusCode::OK);
+            // The headers are read; the body never is.
+            stalled.push(response);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(15),
+            s.get(&s.keys.auditor, "/v1/audit?limit=1"),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("an audit request waited behind stalled exports"));
+        assert_eq!(status, StatusCode::OK, "{body}");
+        drop(stalled);
+    });
+}
+
 #[tokio::test]
 async fn auditors_read_filter_page_verify_and_export_the_log() {
     let s = server("").await;

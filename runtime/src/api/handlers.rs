@@ -734,12 +734,15 @@ async fn audit_export(
     }
     let log = audit_log(&api)?;
     let lines = crate::audit::read_lines(log.path())?;
-    // Streamed in chunks as the log is read: the response never holds the
-    // whole log, and a client that goes away stops the reading.
-    let (chunks, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || export_ocsf(lines, &chunks));
-    let body = futures_util::stream::unfold(body, |mut body| async move {
-        body.recv().await.map(|chunk| (chunk, body))
+    // Streamed a chunk at a time, each read on a blocking thread only when
+    // the client asks for it: the response never holds the whole log, and a
+    // client that stops reading holds no thread.
+    let body = futures_util::stream::unfold(Some(lines), |lines| async move {
+        let lines = lines?;
+        match tokio::task::spawn_blocking(move || export_chunk(lines)).await {
+            Ok((chunk, lines)) => chunk.map(|chunk| (chunk, lines)),
+            Err(e) => Some((Err(std::io::Error::other(e)), None)),
+        }
     });
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -748,19 +751,16 @@ async fn audit_export(
         .into_response())
 }
 
-/// Send the log's records as OCSF events, a chunk at a time, from a
-/// blocking thread. A client that stops reading for a minute gives the
-/// thread back.
-fn export_ocsf<R: std::io::BufRead>(
+/// The next chunk of the log's records as OCSF events (blocking), and the
+/// reader to go on with; no chunk at the end, no reader after the last one
+/// or an error.
+fn export_chunk<R: std::io::BufRead>(
     mut lines: crate::audit::LineReader<R>,
-    chunks: &tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+) -> (
+    Option<std::io::Result<Vec<u8>>>,
+    Option<crate::audit::LineReader<R>>,
 ) {
     const CHUNK: usize = 64 << 10;
-    const STALLED: Duration = Duration::from_secs(60);
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let send = |item| runtime.block_on(chunks.send_timeout(item, STALLED)).is_ok();
     let mut chunk = Vec::with_capacity(CHUNK);
     loop {
         match lines.next_line() {
@@ -773,22 +773,17 @@ fn export_ocsf<R: std::io::BufRead>(
                 {
                     chunk.push(b'\n');
                 }
-                if chunk.len() >= CHUNK
-                    && !send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
-                {
-                    return;
+                if chunk.len() >= CHUNK {
+                    return (Some(Ok(chunk)), Some(lines));
                 }
             }
-            Ok(None) => break,
+            Ok(None) if chunk.is_empty() => return (None, None),
+            Ok(None) => return (Some(Ok(chunk)), None),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the audit log for an export failed");
-                send(Err(e));
-                return;
+                return (Some(Err(e)), None);
             }
         }
-    }
-    if !chunk.is_empty() {
-        send(Ok(chunk));
     }
 }
 
