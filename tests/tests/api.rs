@@ -569,7 +569,7 @@ async fn tool_calls_find_a_slot_while_every_run_slot_is_taken() {
             ..Default::default()
         };
         let engine = airlock_runtime::engine::Engine::new(airlock_runtime::engine::EngineConfig {
-            max_instances: api.instance_slots(),
+            max_instances: api.instance_slots(false),
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("{e}"));

@@ -34,8 +34,9 @@ pub mod registry;
 #[cfg(test)]
 mod tests;
 
-/// The database schema, version 3 (1 had no `tenant`, 2 no `denials`;
-/// [`SkillStore::open`] migrates both).
+/// The database schema, version 2 (1 had no `tenant`; [`SkillStore::open`]
+/// migrates it). `denials` came later without a new version: older
+/// versions neither need nor touch it, and [`SkillStore::open`] creates it.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS skills (
     digest       TEXT PRIMARY KEY,      -- blake3 of the component, hex
@@ -75,7 +76,8 @@ CREATE TABLE IF NOT EXISTS denials (     -- toward automatic quarantine
     count   INTEGER NOT NULL            -- enforced denials in one run
 );
 CREATE INDEX IF NOT EXISTS denials_by_digest ON denials (digest, at_ms);
-PRAGMA user_version = 3;
+CREATE INDEX IF NOT EXISTS denials_by_time ON denials (at_ms);
+PRAGMA user_version = 2;
 ";
 
 /// Where a skill is in its lifecycle.
@@ -349,6 +351,7 @@ pub(crate) fn now_ms() -> u64 {
 pub struct SkillStore {
     dir: PathBuf,
     db: Mutex<Connection>,
+    denials: Mutex<Connection>,
 }
 
 impl std::fmt::Debug for SkillStore {
@@ -586,22 +589,33 @@ impl SkillStore {
         let version: i64 = db
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(db_error)?;
-        if version > 3 {
+        if version > 2 {
             return Err(Error::Admission(format!(
-                "the skill database `{}` has schema version {version}, newer than this Airlock knows (3)",
+                "the skill database `{}` has schema version {version}, newer than this Airlock knows (2)",
                 path.display()
             )));
         }
         if version == 1 {
             migrate_v1(&mut db).map_err(db_error)?;
         }
-        // Also version 2 to 3 (a new table), in one transaction with its
-        // version: a crash leaves all or none.
+        // In one transaction with its version: a crash leaves all or none.
         db.execute_batch(&format!("BEGIN IMMEDIATE;\n{SCHEMA}\nCOMMIT;"))
+            .map_err(db_error)?;
+        // Counting denials is on the path of every run that had one: its own
+        // connection, so it never waits on the store's, and without an fsync
+        // a commit (WAL's NORMAL), since a count lost in a crash only
+        // delays a quarantine.
+        let denials = Connection::open(&path).map_err(db_error)?;
+        denials
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(db_error)?;
+        denials
+            .pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_error)?;
         Ok(SkillStore {
             dir: dir.to_path_buf(),
             db: Mutex::new(db),
+            denials: Mutex::new(denials),
         })
     }
 
@@ -926,16 +940,21 @@ impl SkillStore {
         let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
         let since = now.saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
         let added = i64::try_from(denied.min(threshold as usize)).unwrap_or(i64::MAX);
+        // Other skills' rows older than a day (or the window, if longer) are
+        // swept too: processes may be configured with different windows.
+        let stale = since.min(now.saturating_sub(24 * 3600 * 1000));
         let key = digest.to_hex();
-        let mut db = self.db();
+        let mut db = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
         // Immediate: two processes cannot both read the count below the
         // threshold and each add to it unseen.
         let tx = db
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_error)?;
-        // Every skill's old denials, so the table stays as small as the window.
-        tx.execute("DELETE FROM denials WHERE at_ms < ?1", params![since])
-            .map_err(db_error)?;
+        tx.execute(
+            "DELETE FROM denials WHERE at_ms < ?2 OR (digest = ?1 AND at_ms < ?3)",
+            params![key, stale, since],
+        )
+        .map_err(db_error)?;
         tx.execute(
             "INSERT INTO denials (digest, at_ms, count) VALUES (?1, ?2, ?3)",
             params![key, now, added],

@@ -373,8 +373,8 @@ fn a_version_1_database_is_migrated_and_its_skills_belong_to_the_default_tenant(
         .db()
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
-    // Version 3's table is there.
+    assert_eq!(version, 2);
+    // And the later table is there.
     assert!(
         !store
             .count_denials(&old.digest, 1, 2, Duration::from_secs(60))
@@ -406,7 +406,33 @@ fn denials_counted_by_two_processes_add_up_and_then_start_again() {
     // Reached: the count starts again.
     assert!(!two.count_denials(&skill, 3, 4, minute).unwrap());
     // One run's denials past the threshold are enough alone.
-    assert!(one.count_denials(&other, 9, 4, minute).unwrap());
+    let third = SkillDigest::of(b"third");
+    assert!(one.count_denials(&third, 9, 4, minute).unwrap());
+}
+
+#[test]
+fn a_database_from_before_denials_were_counted_gains_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let skills = dir.path().join("skills");
+    std::fs::create_dir_all(&skills).unwrap();
+    let denials = SCHEMA.find("CREATE TABLE IF NOT EXISTS denials").unwrap();
+    {
+        let db = Connection::open(skills.join("skills.db")).unwrap();
+        db.execute_batch(&format!("{}PRAGMA user_version = 2;", &SCHEMA[..denials]))
+            .unwrap();
+    }
+    let store = SkillStore::open(&skills).unwrap();
+    let skill = SkillDigest::of(b"skill");
+    assert!(
+        !store
+            .count_denials(&skill, 1, 2, Duration::from_secs(60))
+            .unwrap()
+    );
+    assert!(
+        store
+            .count_denials(&skill, 1, 2, Duration::from_secs(60))
+            .unwrap()
+    );
 }
 
 #[test]

@@ -546,10 +546,9 @@ async fn run(
                 if crate::audit::field(&report, &["status"]) == "busy" =>
             {
                 Err(ApiError::busy(format!(
-                    "run {} did not start: {} (the cluster's queue tried {} times)",
+                    "run {} did not start: {} (the cluster's queue found no node with a free slot)",
                     crate::audit::field(&report, &["instance"]),
                     crate::audit::field(&report, &["error", "message"]),
-                    crate::cluster::MAX_DELIVER
                 )))
             }
             crate::cluster::RunOutcome::Done { report, .. } => Ok(Json(report).into_response()),

@@ -61,9 +61,16 @@ pub struct ApiConfig {
 
 impl ApiConfig {
     /// The engine's instance pool for a server: a slot for every run it
-    /// admits, and those kept for tool calls.
-    pub fn instance_slots(&self) -> u32 {
-        self.max_runs.saturating_add(self.tool_slots).max(1)
+    /// admits, and those kept for tool calls. A node that serves the
+    /// cluster's queue also runs up to `max_runs` queued runs, beside its
+    /// own (MCP's).
+    pub fn instance_slots(&self, serves_queue: bool) -> u32 {
+        let runs = if serves_queue {
+            self.max_runs.saturating_mul(2)
+        } else {
+            self.max_runs
+        };
+        runs.saturating_add(self.tool_slots).max(1)
     }
 }
 

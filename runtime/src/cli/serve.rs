@@ -54,7 +54,8 @@ pub async fn serve(
             "airlock: no API keys are configured ([[api.keys]]): every /v1 request will be refused; make one with `airlock api-key --principal NAME --role ROLE`"
         );
     }
-    let max_instances = api_config.instance_slots();
+    let serves_queue = config.cluster.as_ref().is_some_and(|c| c.queue_runs);
+    let max_instances = api_config.instance_slots(serves_queue);
     let (node, api) = node_and_api(config, data_dir, args.policy, Some(max_instances)).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -24,7 +24,8 @@
 //! - A node with no free instance slot (the run's status is `busy`: nothing
 //!   ran) frees its claim and puts the request back after a pause that
 //!   grows with each delivery ([`BUSY_PAUSE`]), for whichever node has room
-//!   by then. The last delivery answers `busy` instead.
+//!   by then; for as long, it asks for no more requests. The last delivery
+//!   answers `busy` instead.
 //! - After [`MAX_DELIVER`] deliveries the stream gives up; the waiting node
 //!   answers that the run was not completed. It never answers success
 //!   without a `done` claim.
@@ -227,6 +228,8 @@ impl Cluster {
             .await
             .map_err(|e| failed(&format!("opening the consumer {RUNNERS}"), e))?;
         let room = Arc::new(tokio::sync::Semaphore::new(capacity.max(1)));
+        // Unix ms until which this node, found full, asks for nothing.
+        let full_until = Arc::new(std::sync::atomic::AtomicU64::new(0));
         // Owned here: aborting the server aborts every run in hand.
         let mut running = tokio::task::JoinSet::new();
         loop {
@@ -241,6 +244,12 @@ impl Cluster {
                 permits.push(permit);
             }
             while running.try_join_next().is_some() {}
+            let full = full_until
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(now_ms());
+            if full > 0 {
+                tokio::time::sleep(Duration::from_millis(full)).await;
+            }
             let mut batch = runners
                 .fetch()
                 .max_messages(permits.len())
@@ -256,8 +265,11 @@ impl Cluster {
                 let cluster = self.clone();
                 let node = node.clone();
                 let name = name.to_string();
+                let full_until = full_until.clone();
                 running.spawn(async move {
-                    cluster.take(&node, &name, message, ack_wait).await;
+                    cluster
+                        .take(&node, &name, message, ack_wait, &full_until)
+                        .await;
                     drop(permit);
                 });
                 if permits.is_empty() {
@@ -268,7 +280,14 @@ impl Cluster {
     }
 
     /// Claim, run, complete and answer one queued run.
-    async fn take(&self, node: &Node, name: &str, message: jetstream::Message, ack_wait: Duration) {
+    async fn take(
+        &self,
+        node: &Node,
+        name: &str,
+        message: jetstream::Message,
+        ack_wait: Duration,
+        full_until: &std::sync::atomic::AtomicU64,
+    ) {
         let reply = message
             .headers
             .as_ref()
@@ -349,8 +368,13 @@ impl Cluster {
                     node: name.to_string(),
                     renewed_ms: 0,
                 };
+                let pause = BUSY_PAUSE * u32::try_from(delivered).unwrap_or(1);
+                let pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+                full_until.fetch_max(
+                    now_ms().saturating_add(pause_ms),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 if self.set_claim(&run.id, &free, revision).await.is_some() {
-                    let pause = BUSY_PAUSE * u32::try_from(delivered).unwrap_or(1);
                     let _ = message.ack_with(AckKind::Nak(Some(pause))).await;
                 }
                 return;
