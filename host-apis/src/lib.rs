@@ -176,7 +176,15 @@ pub fn escape(text: &str, max: usize) -> String {
             out.push('…');
             break;
         }
-        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        // Bidirectional controls, and the line and paragraph separators.
+        let bidi = matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        );
         if c.is_control() || bidi {
             out.extend(c.escape_default());
         } else {
@@ -194,6 +202,7 @@ mod tests {
     fn escape_neutralises_controls_and_truncates() {
         assert_eq!(escape("a\nb\x1b[31m", 100), "a\\nb\\u{1b}[31m");
         assert_eq!(escape("\u{202e}evil", 100), "\\u{202e}evil");
+        assert_eq!(escape("\u{61c}a\u{2028}b", 100), "\\u{61c}a\\u{2028}b");
         assert_eq!(escape("abcdef", 3), "abc…");
     }
 }

@@ -188,6 +188,10 @@ pub struct RunReport {
 /// How long a run waits for its credentials to be revoked at their issuers.
 const REVOCATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Deadlines beyond this (a century) are as good as none, and clocks plus
+/// them cannot overflow.
+const LONGEST: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The instance's hold on its credentials, released however the run ends.
 struct Held {
     credentials: Arc<dyn Credentials>,
@@ -456,9 +460,10 @@ impl Engine {
         let namespace = (services.namespace)(&subject);
         // Whatever way the run ends (even dropped mid-call), the instance's
         // credentials end with it.
-        services
-            .credentials
-            .started(&subject, std::time::SystemTime::now() + limits.deadline);
+        services.credentials.started(
+            &subject,
+            std::time::SystemTime::now() + limits.deadline.min(LONGEST),
+        );
         let mut held = Held {
             credentials: services.credentials.clone(),
             instance: Some(instance.clone()),
@@ -516,7 +521,7 @@ impl Engine {
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(usize::try_from(limits.hostcall_fuel).unwrap_or(usize::MAX));
         let allowed = limits.deadline;
-        let deadline = started + allowed;
+        let deadline = started + allowed.min(LONGEST);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {

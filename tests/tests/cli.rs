@@ -671,6 +671,84 @@ fn denials_in_separate_runs_of_the_cli_add_up_to_an_automatic_quarantine() {
     );
 }
 
+/// Names and reasons chosen by others (a submitter over the API, a
+/// reviewer) reach the operator's terminal escaped, in refusals too.
+#[test]
+fn a_skill_name_with_escape_sequences_reaches_the_terminal_escaped() {
+    let home = tempfile::tempdir().unwrap();
+    let at = |args: &[&str]| airlock_in(home.path(), args);
+    let name = "hello\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{202e}";
+    let out = at(&[
+        "admit",
+        skills::HELLO,
+        "--name",
+        name,
+        "--agent",
+        "planner",
+        "--trust",
+        "low",
+        "--by",
+        "orchestrator",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let digest = text(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let out = at(&[
+        "quarantine",
+        &digest,
+        "--reason",
+        "bad\u{1b}[2Jreason",
+        "--by",
+        "security",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = at(&["run", &digest]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("quarantined"), "{stderr}");
+    assert!(stderr.contains("\\u{1b}]52;c;"), "{stderr}");
+    assert!(stderr.contains("bad\\u{1b}[2Jreason"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}') && !stderr.contains('\u{202e}'),
+        "{stderr:?}"
+    );
+}
+
+/// A forged record dated past year 9999, with a control sequence for a
+/// kind, is shown, not a panic.
+#[test]
+fn audit_show_survives_a_record_from_after_year_9999() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("forged.log");
+    std::fs::write(
+        &log,
+        format!(
+            "{{\"seq\":0,\"time_ms\":{},\"prev\":\"{}\",\"event\":{{\"kind\":\"run.start\\u001b[31m\"}}}}\n",
+            u64::MAX,
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let out = airlock(&["audit", "show", "--path", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!("{}ms #0 run.start\\u{{1b}}[31m", u64::MAX)),
+        "{shown}"
+    );
+}
+
+/// A timeout too long for any clock is as good as none.
+#[test]
+fn an_enormous_timeout_runs_the_skill() {
+    let out = airlock(&["run", "--dev", skills::HELLO, "--timeout", "300000000000y"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"greeting\":\"hello, world\"}\n");
+}
+
 #[test]
 fn a_signing_key_signs_what_admission_verifies() {
     let home = tempfile::tempdir().unwrap();

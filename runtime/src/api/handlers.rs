@@ -531,7 +531,7 @@ async fn run(
             return Err(crate::Error::Admission(refusal).into());
         }
         let _slot = api.slot(&principal.name)?;
-        let wait = limits.deadline + Duration::from_secs(30);
+        let wait = limits.deadline.saturating_add(Duration::from_secs(30));
         let run = crate::cluster::QueuedRun {
             id: format!("{:032x}", rand::random::<u128>()),
             digest,

@@ -263,14 +263,22 @@ pub async fn run(
                     ),
                     _ => String::new(),
                 };
-                let time = humantime::format_rfc3339_millis(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.time_ms),
-                );
+                // RFC 3339 ends at year 9999; a forged time past it is shown
+                // as it is.
+                let time = if record.time_ms < 253_402_300_800_000 {
+                    humantime::format_rfc3339_millis(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(record.time_ms),
+                    )
+                    .to_string()
+                } else {
+                    format!("{}ms", record.time_ms)
+                };
                 // Guest strings reach the terminal escaped.
                 if let Err(e) = writeln!(
                     out,
-                    "{time} #{} {kind} {}",
+                    "{time} #{} {} {}",
                     record.seq,
+                    airlock_host_apis::escape(kind, 60),
                     airlock_host_apis::escape(&detail, 400)
                 ) {
                     return output_failed(e);

@@ -196,10 +196,20 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("airlock: {}", failure.message);
+            // Messages quote names and reasons others chose.
+            eprintln!("airlock: {}", escape_lines(&failure.message));
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// `text` made safe for a terminal, keeping its line breaks.
+pub(crate) fn escape_lines(text: &str) -> String {
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| airlock_host_apis::escape(line, usize::MAX))
+        .collect();
+    lines.join("\n")
 }
 
 /// Parse a byte size: `65536`, `64KiB`, `64MiB`, `1GiB`, `10MB`.

@@ -1,5 +1,6 @@
 //! `airlock run`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -344,7 +345,7 @@ fn print_human(report: &RunReport) {
     for line in &report.logs {
         eprintln!(
             "[{} {}] {}",
-            report.skill,
+            escape(&report.skill, 200),
             line.level.as_str(),
             escape(&line.message, 4096)
         );
@@ -367,17 +368,24 @@ fn print_human(report: &RunReport) {
             } else {
                 ""
             };
-            eprintln!("airlock: {shadow}{}", record.decision.denial(&request));
+            eprintln!(
+                "airlock: {shadow}{}",
+                super::escape_lines(&record.decision.denial(&request))
+            );
         }
     }
     match (&report.output, &report.error) {
+        // Raw into a pipe or file; escaped on a terminal.
+        (Some(output), _) if std::io::stdout().is_terminal() => {
+            println!("{}", super::escape_lines(output));
+        }
         (Some(output), _) => println!("{output}"),
         (None, Some(error)) => match report.status {
             RunStatus::SkillError => eprintln!(
                 "airlock: the skill returned an error: {}",
                 escape(&error.message, 4096)
             ),
-            _ => eprintln!("airlock: {}", error.message),
+            _ => eprintln!("airlock: {}", escape(&error.message, 4096)),
         },
         (None, None) => {}
     }
