@@ -7,19 +7,26 @@
 //! guest call in [`OnThreadStack`], which runs the work between two polls of
 //! the guest, on the thread that drives it, and resumes the guest right away.
 //! There is no other thread and no syscall: one fiber switch out and back in.
+//!
+//! Work may also come from tasks of its own (wasi:http sends each request
+//! from a spawned task), several at once and from other threads: each job
+//! has its own result, and whoever runs it, its caller or the driver, the
+//! caller gets that result.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A one-job mailbox between a guest's host functions and the future that
+/// The jobs waiting between a guest's host functions and the future that
 /// drives the guest.
 #[derive(Default)]
 pub struct ThreadStack {
-    job: Mutex<Option<Job>>,
+    jobs: Mutex<Vec<(u64, Job)>>,
+    next: AtomicU64,
 }
 
 impl std::fmt::Debug for ThreadStack {
@@ -33,15 +40,20 @@ impl ThreadStack {
         Arc::new(ThreadStack::default())
     }
 
-    fn put(&self, job: Job) {
-        *self.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(job);
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Job)>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Any waiting job, for the driver.
     fn take(&self) -> Option<Job> {
-        self.job
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.jobs().pop().map(|(_, job)| job)
+    }
+
+    /// Job `id`, if nobody has taken it yet.
+    fn take_own(&self, id: u64) -> Option<Job> {
+        let mut jobs = self.jobs();
+        let at = jobs.iter().position(|(queued, _)| *queued == id)?;
+        Some(jobs.swap_remove(at).1)
     }
 
     /// Run `work` on the stack of the thread that drives the guest.
@@ -53,22 +65,24 @@ impl ThreadStack {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
-        let slot: Arc<Mutex<Option<R>>> = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        self.put(Box::new(move || {
-            let value = work();
-            *out.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
-        }));
+        let (out, result) = tokio::sync::oneshot::channel();
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.jobs().push((
+            id,
+            Box::new(move || {
+                let _ = out.send(work());
+            }),
+        ));
         YieldOnce(false).await;
         // No driver took the job: run it here.
-        if let Some(job) = self.take() {
+        if let Some(job) = self.take_own(id) {
             job();
         }
-        let value = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
-        match value {
-            Some(value) => value,
-            // The job always fills the slot once it has run, and it has run.
-            None => unreachable_job(),
+        // Run, or being run by the driver on another thread.
+        match result.await {
+            Ok(value) => value,
+            // Whoever takes a job runs it, and `self` keeps it until then.
+            Err(_) => unreachable_job(),
         }
     }
 }
@@ -154,5 +168,38 @@ mod tests {
         })
         .await;
         assert_eq!(ran_on, (caller, 2));
+    }
+
+    /// Two callers in flight at once (as two wasi:http requests are) each
+    /// get their own result, whoever runs their job.
+    #[tokio::test]
+    async fn callers_in_flight_at_once_each_get_their_own_result() {
+        let stack = ThreadStack::new();
+        let (a, b) = tokio::join!(stack.run(|| "a"), stack.run(|| "b"));
+        assert_eq!((a, b), ("a", "b"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_on_other_threads_and_a_driver_share_one_stack() {
+        let stack = ThreadStack::new();
+        let mut callers = Vec::new();
+        for task in 0..4u64 {
+            let stack = stack.clone();
+            callers.push(tokio::spawn(async move {
+                for n in 0..500u64 {
+                    assert_eq!(stack.run(move || task * 1000 + n).await, task * 1000 + n);
+                }
+            }));
+        }
+        let inner_stack = stack.clone();
+        let driven = OnThreadStack::new(stack, async move {
+            for n in 0..500u64 {
+                assert_eq!(inner_stack.run(move || n).await, n);
+            }
+        });
+        driven.await;
+        for caller in callers {
+            caller.await.unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 }

@@ -638,6 +638,39 @@ async fn a_slow_server_is_cut_off_at_the_timeout() {
     assert!(report.decisions[0].duration_us < 5_000_000);
 }
 
+/// A skill with several wasi:http requests in flight at once: each is
+/// decided and answered on its own, and the host does not fall over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_http_requests_in_flight_at_once_are_each_decided() {
+    let server = TestServer::start().await;
+    let node = TestNode::with_resolver(&config(""), &[("p.cedar", POLICIES)], resolver());
+    let port = server.addr.port();
+    let (report, results) = fetch_all(
+        &node,
+        vec![json!({"op": "wasi-http-many", "count": 8, "scheme": "http",
+                    "authority": format!("127.0.0.1:{port}"), "path": "/echo"})],
+    )
+    .await;
+    assert_eq!(
+        report.status,
+        airlock_runtime::run::RunStatus::Ok,
+        "{:?}",
+        report.error
+    );
+    let answers = results[0]["ok"].as_array().cloned().unwrap_or_default();
+    assert_eq!(answers.len(), 8, "{}", results[0]);
+    for answer in &answers {
+        assert_eq!(answer["ok"]["status"], 200, "{answer}");
+    }
+    assert_eq!(report.decisions.len(), 8);
+    assert!(
+        report
+            .decisions
+            .iter()
+            .all(|d| d.decision.verdict == Verdict::Allow)
+    );
+}
+
 #[tokio::test]
 async fn response_bodies_are_not_decompressed() {
     let server = TestServer::start().await;

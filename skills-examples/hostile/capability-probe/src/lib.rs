@@ -91,7 +91,21 @@ fn call(c: Call) -> Value {
                 })
             })
         }
-        "wasi-http" => wasi_http(c),
+        "wasi-http" => match send(&c) {
+            Ok(future) => wait(future),
+            Err(refused) => refused,
+        },
+        // `count` requests in flight at once, then each response in turn.
+        "wasi-http-many" => {
+            let mut futures = Vec::new();
+            for _ in 0..c.count.max(1) {
+                match send(&c) {
+                    Ok(future) => futures.push(future),
+                    Err(refused) => return refused,
+                }
+            }
+            json!({ "ok": futures.into_iter().map(wait).collect::<Vec<_>>() })
+        }
         "storage.get" => report(storage::get(&c.key), |v| {
             json!(v.map(|b| String::from_utf8_lossy(&b).into_owned()))
         }),
@@ -199,13 +213,14 @@ fn call(c: Call) -> Value {
 
 /// The standard `wasi:http/outgoing-handler` path, which must end in the same
 /// broker check as `http.fetch`.
-fn wasi_http(c: Call) -> Value {
+/// Send a request through `wasi:http/outgoing-handler`, without waiting.
+fn send(c: &Call) -> Result<wasi::http::types::FutureIncomingResponse, Value> {
     use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 
     let headers = Fields::new();
     for (name, value) in &c.headers {
         if let Err(e) = headers.append(name, value.as_bytes()) {
-            return json!({ "error": "header", "message": format!("{e:?}") });
+            return Err(json!({ "error": "header", "message": format!("{e:?}") }));
         }
     }
     let request = OutgoingRequest::new(headers);
@@ -228,10 +243,12 @@ fn wasi_http(c: Call) -> Value {
             .set_path_with_query(Some(c.path.as_deref().unwrap_or("/")))
             .is_ok();
     if !set {
-        return json!({ "error": "request", "message": "the request was refused while being built" });
+        return Err(
+            json!({ "error": "request", "message": "the request was refused while being built" }),
+        );
     }
     let Ok(body) = request.body() else {
-        return json!({ "error": "request", "message": "no body" });
+        return Err(json!({ "error": "request", "message": "no body" }));
     };
     if !c.body.is_empty() {
         if let Ok(stream) = body.write() {
@@ -239,10 +256,12 @@ fn wasi_http(c: Call) -> Value {
         }
     }
     let _ = OutgoingBody::finish(body, None);
-    let future = match wasi::http::outgoing_handler::handle(request, None) {
-        Ok(f) => f,
-        Err(code) => return json!({ "error": "http", "message": format!("{code:?}") }),
-    };
+    wasi::http::outgoing_handler::handle(request, None)
+        .map_err(|code| json!({ "error": "http", "message": format!("{code:?}") }))
+}
+
+/// Wait for a response and read it whole.
+fn wait(future: wasi::http::types::FutureIncomingResponse) -> Value {
     future.subscribe().block();
     match future.get() {
         Some(Ok(Ok(response))) => {
