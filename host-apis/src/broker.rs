@@ -141,6 +141,79 @@ pub struct CapabilityRequest {
     pub details: Details,
 }
 
+/// The longest names (hosts, secrets, tools, methods, schemes) a call may
+/// carry, in bytes.
+pub const MAX_CALL_NAME: usize = 256;
+/// The longest storage key (or namespace).
+pub const MAX_CALL_KEY: usize = 1024;
+/// The longest HTTP path with its query.
+pub const MAX_CALL_PATH: usize = 8 << 10;
+/// The longest token audience.
+pub const MAX_CALL_AUDIENCE: usize = 1024;
+/// What is kept of each string of a call refused for its size.
+const KEPT_OF_OVERSIZED: usize = 128;
+
+impl CapabilityRequest {
+    /// Each string the call carries, with its name and the most it may be.
+    fn texts(&mut self) -> Vec<(&'static str, usize, &mut String)> {
+        let mut texts = match &mut self.resource {
+            Resource::Host { name } => vec![("host", MAX_CALL_NAME, name)],
+            Resource::Secret { name } => vec![("secret name", MAX_CALL_NAME, name)],
+            Resource::Tool { name } => vec![("tool name", MAX_CALL_NAME, name)],
+            Resource::Object { namespace, key } => vec![
+                ("namespace", MAX_CALL_KEY, namespace),
+                ("key", MAX_CALL_KEY, key),
+            ],
+        };
+        match &mut self.details {
+            Details::Http {
+                method,
+                scheme,
+                host,
+                path,
+                ..
+            } => texts.extend([
+                ("method", MAX_CALL_NAME, method),
+                ("scheme", MAX_CALL_NAME, scheme),
+                ("host", MAX_CALL_NAME, host),
+                ("path", MAX_CALL_PATH, path),
+            ]),
+            Details::Storage { key } => texts.push(("key", MAX_CALL_KEY, key)),
+            Details::Token { audience } => texts.push(("audience", MAX_CALL_AUDIENCE, audience)),
+            Details::Tool { .. } => {}
+        }
+        texts
+    }
+
+    /// Why the call is too big to decide or record, if it is: the host
+    /// would otherwise hold whatever a guest passes, call after call.
+    fn oversized(&mut self) -> Option<String> {
+        self.texts()
+            .into_iter()
+            .find(|(_, max, text)| text.len() > *max)
+            .map(|(what, max, text)| {
+                format!(
+                    "the {what} is {} bytes, over the limit of {max}",
+                    text.len()
+                )
+            })
+    }
+
+    /// Cut every string to what a record of the refusal keeps.
+    fn cut(&mut self) {
+        for (_, _, text) in self.texts() {
+            if text.len() > KEPT_OF_OVERSIZED {
+                let mut end = KEPT_OF_OVERSIZED;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+                text.push('…');
+            }
+        }
+    }
+}
+
 /// Whether policy lets a call through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -694,8 +767,15 @@ impl BrokerCtx {
 
     /// Count and record a call refused before policy because its arguments
     /// are malformed, and return `error`. Every call leaves a record.
-    pub fn refuse<T>(&self, request: CapabilityRequest, error: CallError) -> Result<T, CallError> {
+    pub fn refuse<T>(
+        &self,
+        mut request: CapabilityRequest,
+        error: CallError,
+    ) -> Result<T, CallError> {
         self.count_call()?;
+        if request.oversized().is_some() {
+            request.cut();
+        }
         let permit = Permit {
             span: call_span(&self.subject, &request),
             broker: self.broker.clone(),
@@ -716,7 +796,10 @@ impl BrokerCtx {
 
     /// Count the call, decide it, and either hand back a [`Permit`] to act on
     /// or record the denial and return it as the guest's error.
-    pub async fn authorize(&self, request: CapabilityRequest) -> Result<Permit, CallError> {
+    pub async fn authorize(&self, mut request: CapabilityRequest) -> Result<Permit, CallError> {
+        if let Some(problem) = request.oversized() {
+            return self.refuse(request, CallError::Invalid(problem));
+        }
         self.count_call()?;
         let started = Instant::now();
         let span = call_span(&self.subject, &request);

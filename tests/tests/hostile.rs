@@ -367,3 +367,47 @@ async fn truncated_component_is_rejected_as_malformed() {
     }
     assert_host_healthy().await;
 }
+
+/// A skill passes huge names, keys, paths and audiences, call after call:
+/// each is refused as invalid before policy, and what the host keeps of it
+/// (the call's record, for the report and the log) is cut short.
+#[tokio::test]
+async fn huge_call_arguments_are_refused_before_policy_and_kept_short() {
+    let node =
+        airlock_tests::TestNode::new("", &[("p.cedar", "permit(principal, action, resource);")]);
+    let big = "k".repeat(100 << 10);
+    let calls = serde_json::json!({"calls": [
+        {"op": "storage.get", "key": big},
+        {"op": "storage.delete", "key": format!("{big}x")},
+        {"op": "http.fetch", "url": format!("https://api.example.com/{big}")},
+        {"op": "secrets.mint", "name": "n", "audience": format!("https://{big}.example")},
+        {"op": "tools.invoke", "name": big, "input": "{}"},
+    ]});
+    let report = node
+        .run(
+            skills::CAPABILITY_PROBE,
+            &calls.to_string(),
+            airlock_host_apis::Trust::High,
+        )
+        .await;
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
+    let results = airlock_tests::results(&report);
+    let expected = [
+        "the key is 102400 bytes, over the limit of 1024",
+        "the key is 102401 bytes, over the limit of 1024",
+        "over the limit of 8192",
+        "the audience is 102416 bytes, over the limit of 1024",
+        "the tool name is 102400 bytes, over the limit of 256",
+    ];
+    assert_eq!(results.len(), expected.len());
+    for (result, expected) in results.iter().zip(expected) {
+        assert_eq!(result["error"], "invalid", "{result}");
+        let message = result["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{message} lacks {expected}");
+    }
+    assert_eq!(report.decisions.len(), expected.len());
+    for record in &report.decisions {
+        let kept = serde_json::to_string(record).unwrap_or_default();
+        assert!(kept.len() < 2048, "a record keeps {} bytes", kept.len());
+    }
+}
