@@ -154,17 +154,18 @@ pub const MAX_CALL_AUDIENCE: usize = 1024;
 const KEPT_OF_OVERSIZED: usize = 128;
 
 impl CapabilityRequest {
-    /// Each string the call carries, with its name and the most it may be.
-    fn texts(&mut self) -> Vec<(&'static str, usize, &mut String)> {
-        let mut texts = match &mut self.resource {
-            Resource::Host { name } => vec![("host", MAX_CALL_NAME, name)],
-            Resource::Secret { name } => vec![("secret name", MAX_CALL_NAME, name)],
-            Resource::Tool { name } => vec![("tool name", MAX_CALL_NAME, name)],
-            Resource::Object { namespace, key } => vec![
-                ("namespace", MAX_CALL_KEY, namespace),
-                ("key", MAX_CALL_KEY, key),
-            ],
-        };
+    /// Visit each string the call carries, with its name and the most it
+    /// may be. No allocation: this runs on every call.
+    fn each_text(&mut self, mut visit: impl FnMut(&'static str, usize, &mut String)) {
+        match &mut self.resource {
+            Resource::Host { name } => visit("host", MAX_CALL_NAME, name),
+            Resource::Secret { name } => visit("secret name", MAX_CALL_NAME, name),
+            Resource::Tool { name } => visit("tool name", MAX_CALL_NAME, name),
+            Resource::Object { namespace, key } => {
+                visit("namespace", MAX_CALL_KEY, namespace);
+                visit("key", MAX_CALL_KEY, key);
+            }
+        }
         match &mut self.details {
             Details::Http {
                 method,
@@ -172,36 +173,36 @@ impl CapabilityRequest {
                 host,
                 path,
                 ..
-            } => texts.extend([
-                ("method", MAX_CALL_NAME, method),
-                ("scheme", MAX_CALL_NAME, scheme),
-                ("host", MAX_CALL_NAME, host),
-                ("path", MAX_CALL_PATH, path),
-            ]),
-            Details::Storage { key } => texts.push(("key", MAX_CALL_KEY, key)),
-            Details::Token { audience } => texts.push(("audience", MAX_CALL_AUDIENCE, audience)),
+            } => {
+                visit("method", MAX_CALL_NAME, method);
+                visit("scheme", MAX_CALL_NAME, scheme);
+                visit("host", MAX_CALL_NAME, host);
+                visit("path", MAX_CALL_PATH, path);
+            }
+            Details::Storage { key } => visit("key", MAX_CALL_KEY, key),
+            Details::Token { audience } => visit("audience", MAX_CALL_AUDIENCE, audience),
             Details::Tool { .. } => {}
         }
-        texts
     }
 
     /// Why the call is too big to decide or record, if it is: the host
     /// would otherwise hold whatever a guest passes, call after call.
     fn oversized(&mut self) -> Option<String> {
-        self.texts()
-            .into_iter()
-            .find(|(_, max, text)| text.len() > *max)
-            .map(|(what, max, text)| {
-                format!(
+        let mut problem = None;
+        self.each_text(|what, max, text| {
+            if problem.is_none() && text.len() > max {
+                problem = Some(format!(
                     "the {what} is {} bytes, over the limit of {max}",
                     text.len()
-                )
-            })
+                ));
+            }
+        });
+        problem
     }
 
     /// Cut every string to what a record of the refusal keeps.
     fn cut(&mut self) {
-        for (_, _, text) in self.texts() {
+        self.each_text(|_, _, text| {
             if text.len() > KEPT_OF_OVERSIZED {
                 let mut end = KEPT_OF_OVERSIZED;
                 while !text.is_char_boundary(end) {
@@ -210,7 +211,7 @@ impl CapabilityRequest {
                 text.truncate(end);
                 text.push('…');
             }
-        }
+        });
     }
 }
 
