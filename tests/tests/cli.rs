@@ -633,24 +633,7 @@ fn denials_in_separate_runs_of_the_cli_add_up_to_an_automatic_quarantine() {
         all.extend_from_slice(args);
         airlock_in(home.path(), &all)
     };
-    let out = at(&[
-        "admit",
-        skills::CAPABILITY_PROBE,
-        "--name",
-        "probe",
-        "--agent",
-        "planner",
-        "--trust",
-        "low",
-        "--by",
-        "orchestrator",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let digest = text(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let digest = admitted(&at, skills::CAPABILITY_PROBE, "probe");
     let out = at(&["approve", &digest, "--by", "reviewer", "--expires-in", "1h"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // No policy permits storage: two denials a run, each run its own process.
@@ -671,16 +654,12 @@ fn denials_in_separate_runs_of_the_cli_add_up_to_an_automatic_quarantine() {
     );
 }
 
-/// Names and reasons chosen by others (a submitter over the API, a
-/// reviewer) reach the operator's terminal escaped, in refusals too.
-#[test]
-fn a_skill_name_with_escape_sequences_reaches_the_terminal_escaped() {
-    let home = tempfile::tempdir().unwrap();
-    let at = |args: &[&str]| airlock_in(home.path(), args);
-    let name = "hello\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{202e}";
+/// `path` admitted as `name` (by `orchestrator`, for `planner`, trust low):
+/// its digest.
+fn admitted(at: &dyn Fn(&[&str]) -> Output, path: &str, name: &str) -> String {
     let out = at(&[
         "admit",
-        skills::HELLO,
+        path,
         "--name",
         name,
         "--agent",
@@ -691,11 +670,21 @@ fn a_skill_name_with_escape_sequences_reaches_the_terminal_escaped() {
         "orchestrator",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let digest = text(&out.stdout)
+    text(&out.stdout)
         .lines()
         .next()
         .unwrap_or_default()
-        .to_string();
+        .to_string()
+}
+
+/// Names and reasons chosen by others (a submitter over the API, a
+/// reviewer) reach the operator's terminal escaped, in refusals too.
+#[test]
+fn a_skill_name_with_escape_sequences_reaches_the_terminal_escaped() {
+    let home = tempfile::tempdir().unwrap();
+    let at = |args: &[&str]| airlock_in(home.path(), args);
+    let name = "hello\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{202e}";
+    let digest = admitted(&at, skills::HELLO, name);
     let out = at(&[
         "quarantine",
         &digest,
