@@ -202,6 +202,10 @@ async fn the_sentinel_reaches_only_the_bound_header_at_the_bound_destination() {
         json!({"op": SENTINEL}),
         // 16: another skill's credential is refused without being named.
         json!({"op": "storage.put", "key": "k", "value": "sk-OTHER-SKILLS-KEY-5e6f7a8b9c"}),
+        // 17-19: paths that a server would resolve outside the binding.
+        fetch(&setup.bound("/..%2Felsewhere"), Some("api")),
+        fetch(&setup.bound("/..;/elsewhere"), Some("api")),
+        json!({"op": "wasi-http", "authority": format!("localhost:{}", setup.tls.addr.port()), "path": "/bound/%2e%2e%5celsewhere", "headers": [["airlock-credential", "api"]]}),
     ];
     let (report, results) = setup.probe(calls).await;
     assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
@@ -224,6 +228,8 @@ async fn the_sentinel_reaches_only_the_bound_header_at_the_bound_destination() {
             16,
             "the stored value carries the value of credential `[withheld]`",
         ),
+        (17, "is bound to https://localhost"),
+        (18, "is bound to https://localhost"),
     ] {
         let got = results[n].to_string();
         assert_ne!(kind(&results[n]), "ok", "{n}: {got}");
@@ -235,6 +241,7 @@ async fn the_sentinel_reaches_only_the_bound_header_at_the_bound_destination() {
     assert!(echoed.contains("Bearer [redacted]"), "{echoed}");
     assert!(!echoed.contains("airlock-credential"), "{echoed}");
     assert_eq!(kind(&results[14]), "http", "{}", results[14]);
+    assert_eq!(kind(&results[19]), "http", "{}", results[19]);
 
     // What the servers got: the sentinel only as the bound header, only at
     // the bound destination (and the plain server never saw it at all).

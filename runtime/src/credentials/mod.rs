@@ -65,7 +65,7 @@ impl Binding {
         let under = path == self.path
             || path
                 .strip_prefix(self.path.as_str())
-                .is_some_and(|rest| rest.starts_with('/'));
+                .is_some_and(|rest| rest.starts_with('/') && (self.path.is_empty() || plain(rest)));
         self.scheme == request.scheme
             && self.port == request.port
             && self.host == request.host()
@@ -89,6 +89,34 @@ impl Binding {
             format!("{}://{host}:{}", self.scheme.as_str(), self.port)
         }
     }
+}
+
+/// Whether a path below a binding's prefix stays below it for any server.
+/// The URL parser resolves `.` and `..` segments, but servers also decode
+/// `%2F` and `%5C` into separators, drop `;` parameters from a segment
+/// (`..;`), and some decode twice; a segment that could climb out after
+/// any of these is refused.
+fn plain(rest: &str) -> bool {
+    rest.split('/').all(|segment| {
+        let mut text = std::borrow::Cow::Borrowed(segment);
+        // Each round can only shorten the text; four cover any real server.
+        for _ in 0..4 {
+            if !text.contains('%') {
+                break;
+            }
+            let decoded = percent_encoding::percent_decode_str(&text)
+                .decode_utf8_lossy()
+                .into_owned();
+            if decoded == text {
+                break;
+            }
+            text = std::borrow::Cow::Owned(decoded);
+        }
+        text.split(['/', '\\']).all(|piece| {
+            let name = piece.split(';').next().unwrap_or_default();
+            name != "." && name != ".."
+        })
+    })
 }
 
 impl std::fmt::Display for Binding {
@@ -693,6 +721,10 @@ mod tests {
             "https://api.example.com/v1/",
             "https://api.example.com/v1/repos?x=1",
             "https://api.example.com:443/v1/x",
+            // An encoded separator inside a name is common (GitLab's
+            // `group%2Fproject`) and cannot climb out.
+            "https://api.example.com/v1/projects/group%2Fproject",
+            "https://api.example.com/v1/a..b/.well-known/x;y",
         ] {
             assert!(binding.matches(&request(url)), "{url}");
         }
@@ -704,6 +736,12 @@ mod tests {
             "https://evil.example/v1",
             "http://api.example.com/v1",
             "https://api.example.com/v1/../admin",
+            "https://api.example.com/v1/..;/admin",
+            "https://api.example.com/v1/..%2Fadmin",
+            "https://api.example.com/v1/x/..%2f..%2fadmin",
+            "https://api.example.com/v1/%2e%2e%5cadmin",
+            "https://api.example.com/v1/%252e%252e%252fadmin",
+            "https://api.example.com/v1/.;x/..;y/admin",
         ] {
             let matches = binding.matches(&request(url));
             // `..` is resolved by the parser: `/admin` is outside the prefix.
