@@ -40,6 +40,10 @@ pub enum Error {
     /// says what was being done.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// A request too large for where it has to go (the cluster's messages);
+    /// the text says how large and the bound.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl Error {

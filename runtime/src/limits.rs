@@ -48,6 +48,23 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Each limit at most `ceiling`'s.
+    pub fn within(&self, ceiling: &Limits) -> Limits {
+        Limits {
+            deadline: self.deadline.min(ceiling.deadline),
+            memory: self.memory.min(ceiling.memory),
+            table_elements: self.table_elements.min(ceiling.table_elements),
+            instances: self.instances.min(ceiling.instances),
+            hostcall_fuel: self.hostcall_fuel.min(ceiling.hostcall_fuel),
+            resource_table: self.resource_table.min(ceiling.resource_table),
+            output: self.output.min(ceiling.output),
+            host_calls: self.host_calls.min(ceiling.host_calls),
+            log: self.log.min(ceiling.log),
+        }
+    }
+}
+
 /// `serde` for durations as humantime strings (`"10s"`, `"250ms"`).
 pub(crate) mod humantime_serde {
     use std::time::Duration;

@@ -19,6 +19,12 @@ impl NatsServer {
     /// Start a server with JetStream on a free loopback port, or `None`
     /// (with a note) when `nats-server` is not installed and not required.
     pub fn start() -> Option<NatsServer> {
+        Self::start_with("")
+    }
+
+    /// As [`start`](Self::start), with `config` (the server's configuration
+    /// format, for example `max_payload: 65536`).
+    pub fn start_with(config: &str) -> Option<NatsServer> {
         let installed = Command::new("nats-server")
             .arg("--version")
             .output()
@@ -32,7 +38,9 @@ impl NatsServer {
             return None;
         }
         let store = tempfile::tempdir().unwrap();
-        let mut child = spawn(store.path());
+        let file = store.path().join("nats.conf");
+        std::fs::write(&file, config).unwrap();
+        let mut child = spawn(store.path(), &file);
         let addr = wait_ready(&mut child, store.path());
         Some(NatsServer {
             addr,
@@ -56,8 +64,10 @@ impl Drop for NatsServer {
 /// The server picks its own port (`-p -1`) and writes it to a ports file
 /// once it listens: a port chosen here and released before the server binds
 /// it can be taken by a concurrent test's server or client in between.
-fn spawn(store: &Path) -> Child {
+fn spawn(store: &Path, config: &Path) -> Child {
     Command::new("nats-server")
+        .arg("-c")
+        .arg(config)
         .args(["-js", "-a", "127.0.0.1", "-p", "-1"])
         .arg("-sd")
         .arg(store.join("jetstream"))

@@ -515,6 +515,24 @@ async fn bad_input_gets_a_stable_code_and_no_internal_detail() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reply}");
     assert_eq!(code(&reply), "skill_rejected");
     assert!(!reply.to_string().contains(&data_dir), "{reply}");
+    // Metadata every backend would keep for the skill's life: bounded.
+    let long = "n".repeat(129);
+    let mut described = metadata("described");
+    described["description"] = json!("d".repeat(5000));
+    let mut schema = metadata("schema");
+    schema["input_schema"] = json!({"enum": vec!["x".repeat(1000); 70]});
+    for (sent, what) in [
+        (metadata(&long), "name is 129 bytes"),
+        (described, "description is 5000 bytes"),
+        (schema, "input schema is"),
+    ] {
+        let (status, reply) = s.submit(&s.keys.submitter, skills::HELLO, sent).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{reply}");
+        assert_eq!(code(&reply), "refused");
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(what), "{reply}");
+        assert!(message.contains("over the bound"), "{reply}");
+    }
 }
 
 #[tokio::test]

@@ -1057,6 +1057,154 @@ async fn the_api_answers_busy_when_every_delivery_finds_no_free_slot() {
     assert_eq!(holder.await.unwrap().status, RunStatus::Ok);
 }
 
+/// A node on `cluster` serving the queue itself, with `skills` approved.
+async fn serving_node(
+    cluster: &Cluster,
+    config: &str,
+    skills: &[&str],
+) -> (airlock_tests::TestNode, Vec<SkillDigest>) {
+    let node =
+        airlock_tests::TestNode::with_registry(config, &[], std::sync::Arc::new(cluster.clone()));
+    let mut digests = Vec::new();
+    for path in skills {
+        let (record, _) = node
+            .node
+            .admit(wasm(path), submission("skill"))
+            .await
+            .unwrap();
+        node.node.approve(record.digest, "bob", None).await.unwrap();
+        digests.push(record.digest);
+    }
+    (node, digests)
+}
+
+fn queued(id: &str, digest: SkillDigest, input: &str) -> airlock_runtime::cluster::QueuedRun {
+    airlock_runtime::cluster::QueuedRun {
+        id: id.into(),
+        digest,
+        input: input.into(),
+        task: Default::default(),
+        limits: airlock_runtime::Limits::default(),
+    }
+}
+
+/// The report of `run`, which must complete.
+async fn completed(
+    cluster: &Cluster,
+    run: &airlock_runtime::cluster::QueuedRun,
+) -> serde_json::Value {
+    match cluster
+        .queue_run(run, Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        airlock_runtime::cluster::RunOutcome::Done { report, .. } => report,
+        failed => panic!("run {} was not completed: {failed:?}", run.id),
+    }
+}
+
+/// Run starts of `digest` in `node`'s audit log.
+fn starts_of(node: &airlock_tests::TestNode, digest: SkillDigest) -> usize {
+    let path = node.node.services().audit.as_ref().unwrap().path();
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("\"run.start\"") && line.contains(&digest.to_hex()))
+        .count()
+}
+
+/// NATS closes a connection that publishes a message over its
+/// `max_payload`. A run too large to queue is refused before it is sent,
+/// and a report too large to carry ends the run, once, instead of breaking
+/// the connection and running the skill again on every delivery.
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_and_reports_over_the_message_size_are_refused_not_sent() {
+    use airlock_runtime::cluster::RunOutcome;
+    let Some(server) = NatsServer::start_with("max_payload: 262144") else {
+        return;
+    };
+    let cluster = node(&server).await;
+    assert_eq!(cluster.max_message(), 262_144 - 4096);
+    let (runner, digests) = serving_node(&cluster, "", &[skills::HELLO, skills::HUGE_OUTPUT]).await;
+    let (hello, huge) = (digests[0], digests[1]);
+    let _serving = cluster.serve_runs(
+        runner.node.clone(),
+        "runner".into(),
+        4,
+        Duration::from_secs(5),
+    );
+
+    let big = format!(r#"{{"name":"{}"}}"#, "A".repeat(300 << 10));
+    let refused = cluster
+        .queue_run(&queued("too-big", hello, &big), Duration::from_secs(30))
+        .await
+        .expect_err("a run over the message size was queued");
+    assert!(
+        matches!(refused, airlock_runtime::Error::TooLarge(_)),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("max_payload"), "{refused}");
+
+    // The connection survived: a run that fits completes.
+    let run = queued("fits", hello, r#"{"name":"Ada"}"#);
+    assert_eq!(completed(&cluster, &run).await["status"], "ok");
+
+    // 1 MiB of stdout kept in the report: over 256 KiB.
+    let started = std::time::Instant::now();
+    match cluster
+        .queue_run(
+            &queued("loud", huge, r#""stdout""#),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+    {
+        RunOutcome::Failed { reason } => {
+            assert!(reason.contains("its report is"), "{reason}");
+            assert!(reason.contains("status ok"), "{reason}");
+        }
+        done => panic!("a report over the message size came back: {done:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the answer waited for the timeout"
+    );
+    // Answered and acknowledged: no delivery runs it again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(starts_of(&runner, huge), 1);
+    let run = queued("after", hello, r#"{"name":"Bo"}"#);
+    assert_eq!(completed(&cluster, &run).await["status"], "ok");
+}
+
+/// A queued run carries the limits of the node that queued it; the node
+/// that runs it keeps to its own as well.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_run_keeps_to_the_limits_of_the_node_that_runs_it() {
+    let Some(server) = NatsServer::start() else {
+        return;
+    };
+    let cluster = node(&server).await;
+    let (runner, digests) =
+        serving_node(&cluster, "[limits]\nlog = 65536\n", &[skills::HUGE_OUTPUT]).await;
+    let _serving = cluster.serve_runs(
+        runner.node.clone(),
+        "runner".into(),
+        4,
+        Duration::from_secs(5),
+    );
+    let mut run = queued("generous", digests[0], r#""stdout""#);
+    run.limits.log = 64 << 20;
+    let report = completed(&cluster, &run).await;
+    assert_eq!(report["status"], "ok", "{report}");
+    let kept: usize = report["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or_default().len())
+        .sum();
+    assert!(kept <= 64 << 10, "kept {kept} bytes of logs");
+}
+
 /// A token minted on node A is introspected as active on node C while its
 /// instance runs, and inactive once it ends; C's JWKS lists A's keys. A node
 /// outside the cluster knows nothing of it.

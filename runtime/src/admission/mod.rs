@@ -483,17 +483,55 @@ pub(crate) fn check_submission(
             "the bytes to store are not the bytes inspected".into(),
         ));
     }
-    for (what, value) in [
-        ("name", &submission.name),
-        ("agent", &submission.agent),
-        ("submitter", &submission.submitter),
-        ("tenant", &submission.tenant),
+    check_metadata(submission)?;
+    Ok(digest)
+}
+
+/// Bytes a skill's name may take.
+pub const MAX_NAME: usize = 128;
+/// Bytes the agent, submitter and tenant may each take.
+pub const MAX_PARTY: usize = 256;
+/// Bytes a description may take.
+pub const MAX_DESCRIPTION: usize = 4096;
+/// Bytes an input schema may take, as compact JSON.
+pub const MAX_INPUT_SCHEMA: usize = 64 << 10;
+
+/// A submission's metadata is present and bounded: every backend keeps it
+/// for as long as the skill, and the cluster's messages are small.
+pub(crate) fn check_metadata(submission: &Submission) -> Result<(), Error> {
+    for (what, value, bound) in [
+        ("name", &submission.name, MAX_NAME),
+        ("agent", &submission.agent, MAX_PARTY),
+        ("submitter", &submission.submitter, MAX_PARTY),
+        ("tenant", &submission.tenant, MAX_PARTY),
     ] {
         if value.trim().is_empty() {
             return Err(Error::Admission(format!("the skill's {what} is empty")));
         }
+        if value.len() > bound {
+            return Err(Error::Admission(format!(
+                "the skill's {what} is {} bytes, over the bound of {bound}",
+                value.len()
+            )));
+        }
     }
-    Ok(digest)
+    if let Some(description) = &submission.description
+        && description.len() > MAX_DESCRIPTION
+    {
+        return Err(Error::Admission(format!(
+            "the skill's description is {} bytes, over the bound of {MAX_DESCRIPTION}",
+            description.len()
+        )));
+    }
+    if let Some(schema) = &submission.input_schema {
+        let size = serde_json::to_vec(schema).map_or(usize::MAX, |v| v.len());
+        if size > MAX_INPUT_SCHEMA {
+            return Err(Error::Admission(format!(
+                "the skill's input schema is {size} bytes as compact JSON, over the bound of {MAX_INPUT_SCHEMA}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What every backend checks before an approval, against the record as it

@@ -165,12 +165,15 @@ impl Node {
             submission.agent.clone(),
             submission.submitter.clone(),
         );
-        let admitted = match check_signature(
-            &digest,
-            submission.signature.as_deref(),
-            &self.trusted_keys,
-            self.config().admission.require_signature,
-        ) {
+        // Before the compile: metadata is cheap to refuse.
+        let admitted = match super::check_metadata(&submission).and_then(|()| {
+            check_signature(
+                &digest,
+                submission.signature.as_deref(),
+                &self.trusted_keys,
+                self.config().admission.require_signature,
+            )
+        }) {
             Ok(signed_by) => {
                 let engine = self.engine().clone();
                 let refuse_sockets = self.config().admission.refuse_socket_imports;

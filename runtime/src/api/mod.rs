@@ -214,6 +214,7 @@ impl From<Error> for ApiError {
                 e.to_string(),
             ),
             Error::Admission(why) => ApiError::new(StatusCode::CONFLICT, "refused", why),
+            Error::TooLarge(why) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", why),
             Error::Cluster(why) => {
                 tracing::error!(error = %why, "the cluster failed a request");
                 ApiError::new(

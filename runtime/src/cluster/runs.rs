@@ -61,6 +61,9 @@ pub const MAX_DELIVER: i64 = 5;
 /// deliveries so far.
 pub const BUSY_PAUSE: Duration = Duration::from_millis(250);
 
+/// Bytes kept free in a message for its headers and framing.
+const HEADER_ROOM: usize = 4096;
+
 /// A run request on the queue.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct QueuedRun {
@@ -82,6 +85,11 @@ enum Claim {
     Done {
         node: String,
         report: serde_json::Value,
+    },
+    /// Ran, but its report cannot be carried: final, like `Done`.
+    Failed {
+        node: String,
+        reason: String,
     },
 }
 
@@ -143,6 +151,16 @@ impl Cluster {
         headers.insert("Airlock-Reply", inbox.as_str());
         let body = serde_json::to_vec(run)
             .map_err(|e| Error::Cluster(format!("encoding a queued run: {e}")))?;
+        // NATS closes the connection on a message over its limit, and
+        // JetStream's publish does not check: checked here.
+        let limit = self.max_message();
+        if body.len() > limit {
+            return Err(Error::TooLarge(format!(
+                "the queued run is {} bytes (input and task), over the {limit} bytes the cluster's \
+                 messages carry (NATS max_payload, less room for headers)",
+                body.len()
+            )));
+        }
         self.js
             .publish_with_headers(RUNS_SUBJECT, headers, body.into())
             .await
@@ -156,6 +174,7 @@ impl Cluster {
             // The answer may have been lost: the claim has the last word.
             Err(_) => match self.claim(&run.id).await? {
                 Some((Claim::Done { node, report }, _)) => Ok(RunOutcome::Done { node, report }),
+                Some((Claim::Failed { reason, .. }, _)) => Ok(RunOutcome::Failed { reason }),
                 _ => Ok(RunOutcome::Failed {
                     reason: format!(
                         "the run was not completed within {}",
@@ -164,6 +183,15 @@ impl Cluster {
                 }),
             },
         }
+    }
+
+    /// Bytes a message may carry: the server's `max_payload` less room for
+    /// headers.
+    pub fn max_message(&self) -> usize {
+        self.client
+            .server_info()
+            .max_payload
+            .saturating_sub(HEADER_ROOM)
     }
 
     async fn claim(&self, id: &str) -> Result<Option<(Claim, u64)>, Error> {
@@ -316,13 +344,19 @@ impl Cluster {
         };
         let Some(mut revision) = self.take_claim(&run.id, name, ack_wait).await else {
             // Done already (answer again), or live elsewhere (leave it).
-            if let Ok(Some((Claim::Done { node, report }, _))) = self.claim(&run.id).await {
-                answer(RunOutcome::Done { node, report }).await;
-                let _ = message.ack().await;
-            }
+            let outcome = match self.claim(&run.id).await {
+                Ok(Some((Claim::Done { node, report }, _))) => RunOutcome::Done { node, report },
+                Ok(Some((Claim::Failed { reason, .. }, _))) => RunOutcome::Failed { reason },
+                _ => return,
+            };
+            answer(outcome).await;
+            let _ = message.ack().await;
             return;
         };
         let stop = crate::run::Stopper::default();
+        // The queued limits were the queueing node's; this node's own bound
+        // them too.
+        let limits = run.limits.within(&node.config().limits);
         let request = crate::run::RunRequest {
             input: run.input.clone(),
             subject: airlock_host_apis::Subject {
@@ -332,7 +366,7 @@ impl Cluster {
                 task: run.task.clone(),
                 delegation: Default::default(),
             },
-            limits: run.limits.clone(),
+            limits,
             session: None,
             ledger: None,
             stop: Some(stop.clone()),
@@ -396,17 +430,45 @@ impl Cluster {
                 reason: e.to_string(),
             },
         };
-        if let RunOutcome::Done { node, report } = &outcome {
-            let done = Claim::Done {
+        let outcome = match outcome {
+            RunOutcome::Done { node, report } => {
+                let (done, outcome) = self.carried(node, report, &run.id);
+                if self.set_claim(&run.id, &done, revision).await.is_none() {
+                    return;
+                }
+                outcome
+            }
+            failed => failed,
+        };
+        answer(outcome).await;
+        let _ = message.ack().await;
+    }
+
+    /// The claim that completes run `id` with `report`, and the answer: a
+    /// report too large for a message becomes a final failure that fits, so
+    /// that the run ends rather than running again on every delivery.
+    fn carried(&self, node: String, report: serde_json::Value, id: &str) -> (Claim, RunOutcome) {
+        // The claim's framing around the report is well under the header room.
+        let size = serde_json::to_vec(&report).map_or(usize::MAX, |v| v.len() + node.len());
+        let limit = self.max_message();
+        if size <= limit {
+            let outcome = RunOutcome::Done {
                 node: node.clone(),
                 report: report.clone(),
             };
-            if self.set_claim(&run.id, &done, revision).await.is_none() {
-                return;
-            }
+            return (Claim::Done { node, report }, outcome);
         }
-        answer(outcome).await;
-        let _ = message.ack().await;
+        let reason = format!(
+            "run {id} ran as instance {} with status {}, but its report is {size} bytes, over the \
+             {limit} bytes the cluster's messages carry (NATS max_payload); the audit log has its \
+             record. Lower the run's output limit or raise max_payload",
+            crate::audit::field(&report, &["instance"]),
+            crate::audit::field(&report, &["status"]),
+        );
+        let outcome = RunOutcome::Failed {
+            reason: reason.clone(),
+        };
+        (Claim::Failed { node, reason }, outcome)
     }
 
     /// Claim `id` for `name`: a new claim, or one not renewed for half the
