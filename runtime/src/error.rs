@@ -40,6 +40,9 @@ pub enum Error {
     /// says what was being done.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The skill database failed: the host's fault, not a refusal.
+    #[error("the skill database: {0}")]
+    Store(String),
     /// A request too large for where it has to go (the cluster's messages);
     /// the text says how large and the bound.
     #[error("{0}")]

@@ -363,7 +363,7 @@ impl std::fmt::Debug for SkillStore {
 }
 
 fn db_error(e: rusqlite::Error) -> Error {
-    Error::Admission(format!("the skill database: {e}"))
+    Error::Store(e.to_string())
 }
 
 const COLUMNS: &str = "digest, name, description, agent, trust, submitter, admitted_ms, size, \
@@ -582,7 +582,7 @@ pub(crate) fn check_approval(
 pub(crate) fn check_hold(record: &SkillRecord, reason: &str, to: State) -> Result<String, Error> {
     if reason.trim().is_empty() {
         return Err(Error::Admission(format!(
-            "say why the skill is {to} (--reason)"
+            "say why the skill is {to}: a reason is required"
         )));
     }
     if record.state == State::Revoked {
@@ -685,10 +685,13 @@ impl SkillStore {
         let capabilities: Vec<&str> = inspection.capabilities.iter().map(|c| c.as_str()).collect();
         let mut db = self.db();
         let tx = db.transaction().map_err(db_error)?;
-        tx.execute(
+        // Another handle may have admitted the same bytes since the read:
+        // theirs stands, as if this had come second.
+        let inserted = tx.execute(
             &format!(
                 "INSERT INTO skills ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending', NULL, NULL, NULL, NULL, ?7, ?13)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending', NULL, NULL, NULL, NULL, ?7, ?13) \
+                 ON CONFLICT (digest) DO NOTHING"
             ),
             params![
                 digest.to_hex(),
@@ -707,18 +710,20 @@ impl SkillStore {
             ],
         )
         .map_err(db_error)?;
-        tx.execute(
-            "INSERT INTO transitions (digest, at_ms, from_state, to_state, actor, reason) \
-             VALUES (?1, ?2, NULL, 'pending', ?3, NULL)",
-            params![digest.to_hex(), sql_ms(now), submission.submitter],
-        )
-        .map_err(db_error)?;
+        if inserted == 1 {
+            tx.execute(
+                "INSERT INTO transitions (digest, at_ms, from_state, to_state, actor, reason) \
+                 VALUES (?1, ?2, NULL, 'pending', ?3, NULL)",
+                params![digest.to_hex(), sql_ms(now), submission.submitter],
+            )
+            .map_err(db_error)?;
+        }
         tx.commit().map_err(db_error)?;
         drop(db);
         let record = self
             .get(&digest)?
-            .ok_or_else(|| Error::Admission("the admitted skill is not in the database".into()))?;
-        Ok((record, true))
+            .ok_or_else(|| Error::Store("the admitted skill is not in the database".into()))?;
+        Ok((record, inserted == 1))
     }
 
     pub fn get(&self, digest: &SkillDigest) -> Result<Option<SkillRecord>, Error> {

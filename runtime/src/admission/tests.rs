@@ -204,7 +204,7 @@ fn a_reason_is_required_to_hold_a_skill() {
     let f = Fixture::new();
     let d = f.admit().digest;
     let err = f.err(f.store.quarantine(&d, "carol", "  "));
-    assert!(err.contains("--reason"), "{err}");
+    assert!(err.contains("a reason is required"), "{err}");
 }
 
 #[test]
@@ -341,6 +341,53 @@ fn a_store_is_shared_by_two_handles() {
         two.get(&record.digest).ok().flatten().map(|r| r.state),
         Some(State::Pending)
     );
+}
+
+#[test]
+fn the_same_bytes_admitted_at_once_by_several_handles_are_one_skill() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let inspection = inspect(EMPTY_COMPONENT, 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let handles = 6;
+    let start = std::sync::Barrier::new(handles);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..handles)
+            .map(|n| {
+                let (dir, start, inspection) = (dir.path(), &start, &inspection);
+                scope.spawn(move || {
+                    let store = SkillStore::open(&dir.join("skills"))?;
+                    let submission = Submission {
+                        name: format!("empty-{n}"),
+                        agent: "a".into(),
+                        submitter: format!("s{n}"),
+                        ..Submission::default()
+                    };
+                    start.wait();
+                    store.admit(EMPTY_COMPONENT, inspection, &submission, None)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| panic!("an admission panicked")))
+            .collect()
+    });
+    let mut fresh = 0;
+    let mut names = std::collections::HashSet::new();
+    for result in results {
+        let (record, new) = result.unwrap_or_else(|e| panic!("an admission failed: {e}"));
+        fresh += usize::from(new);
+        names.insert(record.name);
+    }
+    assert_eq!(fresh, 1, "one admission is the new one");
+    assert_eq!(
+        names.len(),
+        1,
+        "every caller gets the one record: {names:?}"
+    );
+    let store = SkillStore::open(&dir.path().join("skills")).unwrap_or_else(|e| panic!("{e}"));
+    let digest = SkillDigest::of(EMPTY_COMPONENT);
+    let history = store.history(&digest).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(history.len(), 1, "one admission on record");
 }
 
 #[test]
