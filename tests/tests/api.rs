@@ -949,6 +949,45 @@ async fn a_client_that_disconnects_cancels_its_run() {
 }
 
 #[tokio::test]
+async fn submissions_beyond_max_admissions_get_429_while_one_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let s = server("[api]\nmax_admissions = 1\n").await;
+    let address = s.base.trim_start_matches("http://").to_string();
+    // A submission whose body stops after its first bytes holds the one slot.
+    let mut slow = tokio::net::TcpStream::connect(&address)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let head = format!(
+        "POST /v1/skills HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n",
+        s.keys.submitter
+    );
+    slow.write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, reply) = s
+        .submit(&s.keys.submitter, skills::HELLO, metadata("second"))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{reply}");
+    assert_eq!(code(&reply), "too_many_requests");
+    assert!(reply.to_string().contains("api.max_admissions"), "{reply}");
+    // The client goes away: its slot is free again.
+    drop(slow);
+    let mut last = (StatusCode::TOO_MANY_REQUESTS, Value::Null);
+    for _ in 0..50 {
+        last = s
+            .submit(&s.keys.submitter, skills::HELLO, metadata("second"))
+            .await;
+        if last.0 != StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.0, StatusCode::CREATED, "{}", last.1);
+}
+
+#[tokio::test]
 async fn a_body_that_trickles_in_is_cut_off_with_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = server("[api]\nbody_timeout = \"1s\"\n").await;

@@ -236,13 +236,15 @@ struct Admitted {
     skill: SkillRecord,
 }
 
-#[utoipa::path(post, path = "/v1/skills", tag = "skills", request_body(content = inline(SubmitForm), content_type = "multipart/form-data"), responses((status = 201, description = "Admitted, pending review", body = Admitted), (status = 200, description = "These bytes were admitted before", body = Admitted), (status = 409, description = "Refused by admission", body = ErrorBody), (status = 413, description = "Body over api.max_body", body = ErrorBody), (status = 422, description = "Not an acceptable component", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/skills", tag = "skills", request_body(content = inline(SubmitForm), content_type = "multipart/form-data"), responses((status = 201, description = "Admitted, pending review", body = Admitted), (status = 200, description = "These bytes were admitted before", body = Admitted), (status = 409, description = "Refused by admission", body = ErrorBody), (status = 413, description = "Body over api.max_body", body = ErrorBody), (status = 422, description = "Not an acceptable component", body = ErrorBody), (status = 429, description = "api.max_admissions submissions in progress; see Retry-After", body = ErrorBody), (status = 400, description = "Bad input", body = ErrorBody), (status = 401, description = "No valid API key", body = ErrorBody), (status = 403, description = "Refused by the control-plane policies", body = ErrorBody)))]
 async fn submit_skill(
     State(api): State<Arc<Api>>,
     Extension(principal): Extension<Principal>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     api.authorize(&principal, ControlAction::Submit, None)?;
+    // Held while the body is read and compiled: each holds up to max_body.
+    let _admitting = api.admission_slot()?;
     let mut multipart = multipart.map_err(|_| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -41,6 +41,9 @@ pub struct ApiConfig {
     pub max_runs: u32,
     /// Runs in progress at once per principal.
     pub max_runs_per_principal: u32,
+    /// Submissions read and compiled at once (each holds a body of up to
+    /// `max_body` and a compile); more get 429.
+    pub max_admissions: u32,
     /// Instance slots kept for tool calls, beyond `max_runs`: runs never
     /// take them, so a run's tool calls find room while `max_runs` runs
     /// are in progress.
@@ -81,6 +84,7 @@ impl Default for ApiConfig {
             max_body: 32 << 20,
             max_runs: 256,
             max_runs_per_principal: 64,
+            max_admissions: 4,
             tool_slots: 256,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
@@ -325,6 +329,8 @@ pub struct Api {
     shutdown: tokio_util::sync::CancellationToken,
     /// Runs in progress, over all and per principal.
     runs: Mutex<(u32, HashMap<String, u32>)>,
+    /// Submissions being read or compiled.
+    admissions: Arc<tokio::sync::Semaphore>,
     /// Where runs go when they are queued for any node of a cluster.
     queue: std::sync::OnceLock<crate::cluster::Cluster>,
 }
@@ -364,6 +370,17 @@ impl Drop for Slot {
 
 impl Api {
     pub fn new(node: Arc<Node>, config: ApiConfig) -> Result<Arc<Self>, Error> {
+        for (name, value) in [
+            ("max_runs", config.max_runs),
+            ("max_runs_per_principal", config.max_runs_per_principal),
+            ("max_admissions", config.max_admissions),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!(
+                    "api.{name} is 0: the server could do nothing; it is at least 1"
+                )));
+            }
+        }
         let mut keys = Vec::new();
         for (n, key) in config.keys.iter().enumerate() {
             let hex = key.hash.strip_prefix("blake3:").ok_or_else(|| {
@@ -397,6 +414,9 @@ impl Api {
             None => ControlPolicies::base(),
         }
         .map_err(|e| Error::Config(format!("control-plane policies (api.policies):\n{e}")))?;
+        let admissions = Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(config.max_admissions).unwrap_or(usize::MAX),
+        ));
         Ok(Arc::new(Api {
             node,
             config,
@@ -406,6 +426,7 @@ impl Api {
             mcp_sessions: Mutex::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             runs: Mutex::default(),
+            admissions,
             queue: std::sync::OnceLock::new(),
         }))
     }
@@ -510,6 +531,16 @@ impl Api {
 
     /// A run slot for `principal`, or 429 when the server or the principal
     /// has as many runs going as it may.
+    /// Room to read and compile one submission, while the permit lives.
+    pub(crate) fn admission_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.admissions.clone().try_acquire_owned().map_err(|_| {
+            ApiError::busy(format!(
+                "the server is admitting {} skills at once, its limit (api.max_admissions); retry shortly",
+                self.config.max_admissions
+            ))
+        })
+    }
+
     pub(crate) fn slot(self: &Arc<Self>, principal: &str) -> Result<Slot, ApiError> {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         if runs.0 >= self.config.max_runs {
