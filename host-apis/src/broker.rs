@@ -932,12 +932,33 @@ impl Permit {
         self.outcome = Some(outcome);
     }
 
-    /// Record the result of acting on the permit and pass it through.
+    /// Record the result of acting on the permit and pass it through. A
+    /// host guard's refusal is recorded as a denial by `guard:<id>`, and
+    /// reaches the guest as a denial naming action, resource and guard.
     pub fn conclude<T>(
-        self,
+        mut self,
         result: Result<T, CallError>,
         access: impl FnOnce(&T) -> Option<String>,
     ) -> Result<T, CallError> {
+        let result = match result {
+            Err(CallError::Guarded { guard, reason }) => {
+                self.decision = Decision {
+                    verdict: Verdict::Deny,
+                    policies: vec![format!("guard:{guard}")],
+                    reason: Some(reason),
+                    mode: Mode::Enforce,
+                };
+                self.span.record("verdict", "deny");
+                self.span
+                    .record("policies", self.decision.policies.join(","));
+                let message = self.decision.denial(&self.request);
+                self.finish(Outcome::Denied);
+                // Plain from here: a caller that passes it on records a
+                // failure, not a second denial.
+                return Err(CallError::Denied(message));
+            }
+            other => other,
+        };
         let outcome = match &result {
             Ok(value) => Outcome::Done {
                 access: access(value),

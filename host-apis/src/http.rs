@@ -356,12 +356,6 @@ impl OutboundRequest {
             self.credential.clone(),
             rules,
         )?;
-        if self.scheme == Scheme::Https && next.scheme == Scheme::Http {
-            return Err(CallError::Denied(format!(
-                "a redirect from https to http (`{}`) is refused",
-                crate::escape(next.url.as_str(), 200)
-            )));
-        }
         if !self.same_origin(&next) {
             // A credential is bound to where it was meant to go.
             next.credential = None;
@@ -556,7 +550,18 @@ pub async fn fetch(
                 rules.max_redirects
             )));
         }
-        request = request.redirect(response.status, location, rules)?;
+        let next = request.redirect(response.status, location, rules)?;
+        if request.scheme == Scheme::Https && next.scheme == Scheme::Http {
+            let reason = format!(
+                "a redirect from https to http (`{}`) is refused",
+                crate::escape(next.url.as_str(), 200)
+            );
+            return broker.refuse(
+                next.capability_request(),
+                CallError::guard("https-downgrade", reason),
+            );
+        }
+        request = next;
     }
 }
 
@@ -679,7 +684,7 @@ type SendFuture = Box<
 fn to_wasi_error(e: CallError) -> wasmtime_wasi_http::Error {
     use wasmtime_wasi_http::Error as E;
     match e {
-        CallError::Denied(m) => {
+        CallError::Denied(m) | CallError::Guarded { reason: m, .. } => {
             tracing::debug!(reason = %m, "standard http request denied");
             E::HttpRequestDenied
         }
@@ -828,7 +833,7 @@ mod tests {
     }
 
     #[test]
-    fn a_redirect_drops_the_credential_across_origins_and_never_downgrades() {
+    fn a_redirect_drops_the_credential_across_origins() {
         let rules = HttpRules::default();
         let request = OutboundRequest::parse(
             "POST",
@@ -850,9 +855,10 @@ mod tests {
         assert_eq!(other.credential, None);
         assert_eq!(other.method, http::Method::GET);
         assert!(other.body.is_empty());
-        assert!(matches!(
-            request.redirect(302, "http://a.example/", &rules),
-            Err(CallError::Denied(_))
-        ));
+        // Parsed here; `fetch` refuses the downgrade as a guard's denial.
+        let down = request
+            .redirect(302, "http://a.example/", &rules)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(down.scheme, Scheme::Http);
     }
 }

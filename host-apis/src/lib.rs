@@ -71,6 +71,11 @@ pub enum CallError {
     /// Refused by the broker; the text names action, resource and policies.
     #[error("denied: {0}")]
     Denied(String),
+    /// Refused by one of the host's own guards after policy allowed the call
+    /// (a special address, a credential's binding, a leak): recorded as a
+    /// denial by `guard:<guard>`, and the guest gets [`CallError::Denied`].
+    #[error("denied: {reason}")]
+    Guarded { guard: &'static str, reason: String },
     #[error("invalid: {0}")]
     Invalid(String),
     #[error("limit: {0}")]
@@ -82,6 +87,16 @@ pub enum CallError {
     /// Ends the instance.
     #[error("trap: {0}")]
     Trap(wasmtime::Error),
+}
+
+impl CallError {
+    /// A refusal by the host guard `guard` (an id such as `egress-address`).
+    pub fn guard(guard: &'static str, reason: impl Into<String>) -> Self {
+        CallError::Guarded {
+            guard,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// A limit on an instance. Hitting one ends the instance with an error naming it.

@@ -112,10 +112,13 @@ pub fn redact_text(credentials: &dyn Credentials, instance: &str, text: String) 
 
 /// The text of a refusal to let a credential's value leave.
 pub fn leak_refusal(name: &str, place: &str) -> CallError {
-    CallError::Denied(format!(
-        "{place} carries the value of credential `{}`, which may not leave this way",
-        crate::escape(name, 100)
-    ))
+    CallError::guard(
+        "credential-leak",
+        format!(
+            "{place} carries the value of credential `{}`, which may not leave this way",
+            crate::escape(name, 100)
+        ),
+    )
 }
 
 /// No credentials: none can be minted or attached; nothing is live.

@@ -6,7 +6,7 @@ use crate::{CallError, SkillCtx};
 impl Host for SkillCtx {
     fn convert_error(&mut self, err: CallError) -> wasmtime::Result<WitError> {
         Ok(match err {
-            CallError::Denied(m) => WitError::Denied(m),
+            CallError::Denied(m) | CallError::Guarded { reason: m, .. } => WitError::Denied(m),
             CallError::Invalid(m) => WitError::Invalid(m),
             CallError::Limit(m) => WitError::Limit(m),
             CallError::NotFound(m) => WitError::NotFound(m),

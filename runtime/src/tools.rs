@@ -155,10 +155,13 @@ impl Tools for ToolRegistry {
             instance: from.instance.clone(),
         });
         if chain.iter().any(|s| s == name) {
-            return Err(CallError::Denied(format!(
-                "tool `{name}` is already running in this chain ({} -> {name}): cycles are refused",
-                chain.join(" -> ")
-            )));
+            return Err(CallError::guard(
+                "tool-cycle",
+                format!(
+                    "tool `{name}` is already running in this chain ({} -> {name}): cycles are refused",
+                    chain.join(" -> ")
+                ),
+            ));
         }
         let depth = from.delegation.depth + 1;
         let max = self.config.delegation.max_depth;

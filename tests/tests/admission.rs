@@ -353,6 +353,59 @@ async fn repeated_denials_quarantine_a_skill_automatically() {
     assert!(err.contains("quarantined: 5 denied calls"), "{err}");
 }
 
+/// Policy allows the host, but it resolves inside: the host's own guard
+/// refuses, and that is a denial like any other. It names the guard, and it
+/// counts toward the automatic quarantine.
+#[tokio::test]
+async fn refusals_by_the_hosts_guards_are_denials_that_count_toward_quarantine() {
+    let policies = r#"
+@id("test/inside")
+permit (principal, action == Airlock::Action::"http.request", resource == Airlock::Host::"inside.test");
+"#;
+    let resolver = std::sync::Arc::new(airlock_runtime::egress::StaticResolver::new([(
+        "inside.test".to_string(),
+        vec!["10.1.2.3".parse::<std::net::IpAddr>().unwrap()],
+    )]));
+    let node = TestNode::with_resolver(
+        "[admission]\nquarantine_after = 3\nquarantine_window = \"1m\"\n",
+        &[("p.cedar", policies)],
+        resolver,
+    );
+    let digest = approved_probe(&node).await;
+    let fetch = json!({"op": "http.fetch", "url": "http://inside.test/"});
+    let input = json!({"calls": [fetch, fetch]}).to_string();
+    let report = run(&node, digest, &input)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let results = airlock_tests::results(&report);
+    let error = results[0].to_string();
+    assert!(
+        error.contains(
+            "`http.request` on Host `inside.test` denied by policy `guard:egress-address`"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("10.1.2.3"), "{error}");
+    let call = &report.decisions[0];
+    assert_eq!(call.decision.verdict, airlock_host_apis::Verdict::Deny);
+    assert_eq!(call.decision.policies, ["guard:egress-address"]);
+    assert_eq!(call.outcome, airlock_host_apis::broker::Outcome::Denied);
+    let recorded = events(&node, "call");
+    assert_eq!(
+        recorded[0]["decision"]["policies"][0],
+        "guard:egress-address"
+    );
+    assert_eq!(recorded[0]["outcome"]["status"], "denied");
+
+    let store = node.node.skills().unwrap_or_else(|e| panic!("{e}"));
+    let state = async |d| store.get(&d).await.ok().flatten().map(|r| r.state);
+    assert_eq!(state(digest).await, Some(State::Approved), "2 of 3 so far");
+    run(&node, digest, &input)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state(digest).await, Some(State::Quarantined));
+}
+
 #[tokio::test]
 async fn a_tool_by_digest_runs_only_while_its_skill_is_approved() {
     let hello = SkillDigest::of(&wasm(skills::HELLO));

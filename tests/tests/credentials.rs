@@ -230,6 +230,12 @@ async fn the_sentinel_reaches_only_the_bound_header_at_the_bound_destination() {
         ),
         (17, "is bound to https://localhost"),
         (18, "is bound to https://localhost"),
+        (1, "denied by policy `guard:credential-binding`"),
+        (5, "denied by policy `guard:credential-leak`"),
+        (
+            10,
+            "`tool.invoke` on Tool `word-count` denied by policy `guard:credential-leak`",
+        ),
     ] {
         let got = results[n].to_string();
         assert_ne!(kind(&results[n]), "ok", "{n}: {got}");
@@ -516,14 +522,16 @@ async fn a_lease_used_after_its_ttl_is_refused_at_injection() {
         message.contains("the lease on credential `short` expired"),
         "{message}"
     );
-    // It was allowed by policy and refused at injection.
+    // Allowed by policy, refused at injection by the lease guard.
     let uses: Vec<_> = report
         .decisions
         .iter()
         .filter(|d| d.action.as_str() == "secret.use")
         .collect();
     assert_eq!(uses.len(), 2);
-    assert_eq!(uses[1].decision.verdict, airlock_host_apis::Verdict::Allow);
+    assert_eq!(uses[0].decision.verdict, airlock_host_apis::Verdict::Allow);
+    assert_eq!(uses[1].decision.verdict, airlock_host_apis::Verdict::Deny);
+    assert_eq!(uses[1].decision.policies, ["guard:credential-lease"]);
     let sent = setup
         .tls
         .seen()

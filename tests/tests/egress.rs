@@ -159,15 +159,12 @@ async fn special_addresses_are_refused_in_every_notation_and_open_no_socket() {
         0,
         "no refused request opened a socket"
     );
-    // Every refusal above came after policy allowed the host: the decisions
-    // were allows, the refusal was the address.
-    assert!(
-        report
-            .decisions
-            .iter()
-            .take(refused.len() - 1)
-            .all(|d| d.decision.verdict == Verdict::Allow)
-    );
+    // Every refusal above came after policy allowed the host: each is a
+    // denial by the address guard, not by a policy.
+    for call in report.decisions.iter().take(refused.len() - 1) {
+        assert_eq!(call.decision.verdict, Verdict::Deny, "{call:?}");
+        assert_eq!(call.decision.policies, ["guard:egress-address"], "{call:?}");
+    }
 }
 
 #[tokio::test]
@@ -521,6 +518,12 @@ async fn https_never_downgrades_on_a_redirect() {
         "denied",
         "a redirect from https to http",
     );
+    check(
+        "downgrade",
+        &results[0],
+        "denied",
+        "denied by policy `guard:https-downgrade`",
+    );
 }
 
 #[tokio::test]
@@ -717,20 +720,25 @@ async fn the_standard_wasi_http_path_takes_the_same_checks() {
     // A forbidden header is refused as the request is built.
     assert_eq!(results[5]["error"], "header", "{}", results[5]);
     assert_eq!(server.connections(), 1);
-    let verdicts: Vec<Verdict> = report
+    // Two allowed by policy and refused by the address guard, two by policy.
+    let decided: Vec<(Verdict, String)> = report
         .decisions
         .iter()
-        .map(|d| d.decision.verdict)
+        .map(|d| (d.decision.verdict, d.decision.policies.join(",")))
         .collect();
+    assert_eq!(decided[0].0, Verdict::Allow);
     assert_eq!(
-        verdicts,
+        decided[1..3],
         [
-            Verdict::Allow,
-            Verdict::Allow,
-            Verdict::Allow,
-            Verdict::Deny,
-            Verdict::Deny
+            (Verdict::Deny, "guard:egress-address".to_string()),
+            (Verdict::Deny, "guard:egress-address".to_string()),
         ]
+    );
+    assert_eq!(decided.len(), 5);
+    assert!(
+        decided[3..]
+            .iter()
+            .all(|(v, p)| *v == Verdict::Deny && !p.starts_with("guard:"))
     );
     assert_eq!(
         resolver.lookups(),

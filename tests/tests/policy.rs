@@ -540,6 +540,13 @@ async fn tool_cycles_are_refused() {
             .contains("capability_probe -> loop -> loop"),
         "{refused}"
     );
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("`tool.invoke` on Tool `loop` denied by policy `guard:tool-cycle`"),
+        "{refused}"
+    );
 }
 
 #[tokio::test]

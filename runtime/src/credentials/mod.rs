@@ -462,10 +462,13 @@ fn audience_host(audience: &str) -> Option<String> {
 }
 
 fn expired(name: &str, at: SystemTime) -> CallError {
-    CallError::Denied(format!(
-        "the lease on credential `{name}` expired at {}; it is not renewed for this instance",
-        humantime::format_rfc3339_seconds(at)
-    ))
+    CallError::guard(
+        "credential-lease",
+        format!(
+            "the lease on credential `{name}` expired at {}; it is not renewed for this instance",
+            humantime::format_rfc3339_seconds(at)
+        ),
+    )
 }
 
 #[async_trait::async_trait]
@@ -537,14 +540,17 @@ impl Credentials for Vault {
     ) -> Result<Attached, CallError> {
         let spec = self.spec(subject, name)?;
         if !spec.binding.matches(request) {
-            return Err(CallError::Denied(format!(
-                "credential `{name}` is bound to {} and is not sent to {}://{}:{}{}",
-                spec.binding,
-                request.scheme.as_str(),
-                request.host(),
-                request.port,
-                airlock_host_apis::escape(request.url.path(), 200)
-            )));
+            return Err(CallError::guard(
+                "credential-binding",
+                format!(
+                    "credential `{name}` is bound to {} and is not sent to {}://{}:{}{}",
+                    spec.binding,
+                    request.scheme.as_str(),
+                    request.host(),
+                    request.port,
+                    airlock_host_apis::escape(request.url.path(), 200)
+                ),
+            ));
         }
         let deadline = {
             let held = self.held();

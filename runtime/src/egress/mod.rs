@@ -140,9 +140,10 @@ pub fn screen(
     for ip in addresses {
         // An IPv4-mapped or translated address is its own special range.
         if let Some(what) = special(*ip).filter(|_| !allowed.contains(*ip)) {
-            return Err(CallError::Denied(format!(
-                "`{host}` {how} {ip}, which is {what}: Airlock does not connect there"
-            )));
+            return Err(CallError::guard(
+                "egress-address",
+                format!("`{host}` {how} {ip}, which is {what}: Airlock does not connect there"),
+            ));
         }
     }
     Ok(())
