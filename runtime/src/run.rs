@@ -226,6 +226,43 @@ struct Cancelled {
     source: CompileSource,
 }
 
+/// `text` with the live credential values of `instance` and of every
+/// instance that called it replaced: a tool's strings may carry what its
+/// callers hold.
+fn redact_chain(
+    credentials: &dyn Credentials,
+    subject: &Subject,
+    instance: &str,
+    text: String,
+) -> String {
+    let mut text = redact_text(credentials, instance, text);
+    for caller in &subject.delegation.callers {
+        text = redact_text(credentials, &caller.instance, text);
+    }
+    text
+}
+
+/// The run's records: the calls of this instance and of the tools it
+/// called, not those of its callers, who share the ledger; cleaned.
+fn own_records(
+    ledger: &Ledger,
+    subject: &Subject,
+    clean: impl Fn(String) -> String,
+) -> Vec<airlock_host_apis::broker::CallRecord> {
+    let mut records = ledger.records();
+    records.retain(|r| {
+        !subject
+            .delegation
+            .callers
+            .iter()
+            .any(|c| c.instance == r.instance)
+    });
+    for record in &mut records {
+        record.redact(&clean);
+    }
+    records
+}
+
 /// Armed until the run reaches its end; dropped armed, it records the run
 /// as cancelled.
 struct Unfinished(Option<Cancelled>);
@@ -234,10 +271,9 @@ impl Drop for Unfinished {
     fn drop(&mut self) {
         let Some(c) = self.0.take() else { return };
         let instance = &c.subject.instance;
-        let mut decisions = c.ledger.records();
-        for record in &mut decisions {
-            record.redact(|text| redact_text(&*c.credentials, instance, text));
-        }
+        let decisions = own_records(&c.ledger, &c.subject, |text| {
+            redact_chain(&*c.credentials, &c.subject, instance, text)
+        });
         let report = RunReport {
             instance: instance.clone(),
             skill: c.subject.skill.name.clone(),
@@ -617,7 +653,7 @@ impl Engine {
         let (mut logs, logs_dropped) = logs.drain();
         // Nothing the skill shows may carry a live credential value.
         let credentials = &*services.credentials;
-        let clean = |text: String| redact_text(credentials, &instance, text);
+        let clean = |text: String| redact_chain(credentials, &subject, &instance, text);
         let output = output.map(clean);
         let error = error.map(|mut e| {
             e.message = clean(e.message);
@@ -626,10 +662,7 @@ impl Engine {
         for line in &mut logs {
             line.message = clean(std::mem::take(&mut line.message));
         }
-        let mut decisions = ledger.records();
-        for record in &mut decisions {
-            record.redact(clean);
-        }
+        let decisions = own_records(&ledger, &subject, clean);
         if let Some(revocation) = held.end()
             && tokio::time::timeout(REVOCATION_WAIT, revocation)
                 .await

@@ -292,6 +292,33 @@ async fn the_sentinel_reaches_only_the_bound_header_at_the_bound_destination() {
     assert!(report.session.secrets_used.contains("api"));
 }
 
+/// A tool shares its caller's ledger. The caller's records (here, a read
+/// under a key that is the caller's live token) are written once, at the
+/// caller's end and cleaned of the caller's credentials; never at the tool's
+/// end, cleaned only of the tool's.
+#[tokio::test]
+async fn a_callers_token_never_reaches_the_audit_log_through_its_tools_records() {
+    let setup = Setup::new("[tools.word-count]\nskill = \"{skills}/word_count.wasm\"\n").await;
+    let calls = vec![
+        json!({"op": "secrets.mint-key", "name": "id", "audience": setup.origin()}),
+        json!({"op": "tools.invoke", "name": "word-count", "input": r#"{"text": "one two"}"#}),
+    ];
+    let (report, results) = setup.probe(calls).await;
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
+    assert_eq!(kind(&results[0]), "ok", "{}", results[0]);
+    assert_eq!(kind(&results[1]), "ok", "{}", results[1]);
+    let path = setup.node.node.services().audit.as_ref().unwrap().path();
+    let log = std::fs::read_to_string(path).unwrap();
+    let reads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"storage.read\""))
+        .collect();
+    assert_eq!(reads.len(), 1, "one call, one record: {reads:#?}");
+    assert!(reads[0].contains("[redacted]"), "{}", reads[0]);
+    // Minted tokens are JWTs: a header starts `eyJ`.
+    assert!(!log.contains("eyJ"), "a token reached the audit log");
+}
+
 #[tokio::test]
 async fn error_text_never_carries_a_credential() {
     let setup = Setup::new("").await;

@@ -930,7 +930,13 @@ pub fn end_events(
     let mut seen: std::collections::HashMap<(String, String, String, String), u64> =
         std::collections::HashMap::new();
     let mut repeated: Vec<((String, String, String, String), serde_json::Value)> = Vec::new();
-    for call in &report.decisions {
+    // A tool's calls are in its caller's report too, but each is written
+    // once: at the end of the instance that made it, with its subject.
+    for call in report
+        .decisions
+        .iter()
+        .filter(|c| c.instance == report.instance)
+    {
         let mut event = serde_json::to_value(call).unwrap_or_default();
         if call.decision.verdict == airlock_host_apis::Verdict::Deny {
             let key = (

@@ -6,7 +6,9 @@
 //! scheme, authority, path, headers), `storage.get|put|delete|list` (key,
 //! value, prefix), `secrets.mint` (name, audience), `secrets.mint-send`
 //! (name, audience, url, key: mint, then send the token to url in a header,
-//! the query and the body, and store it), `tools.invoke` (name,
+//! the query and the body, and store it), `secrets.mint-key` (name,
+//! audience: mint, then read storage with the token as the key),
+//! `tools.invoke` (name,
 //! input), `log` (level, message), `print` (message, to stdout), `handles`
 //! (count: create and leak that many host handles), `panic` (message: trap),
 //! `timed` (count, and call, or key: time that many round trips of the call,
@@ -152,6 +154,16 @@ fn call(c: Call) -> Value {
             let stored = report(storage::put(&c.key, token.as_bytes()), |()| json!(null));
             log::emit(log::Level::Info, &format!("minted {token}"));
             json!({ "ok": { "sent": sent, "stored": stored, "token": token } })
+        }
+        "secrets.mint-key" => {
+            // Mint a token and read storage under it: a call's own string
+            // carries a live token.
+            let token = match secrets::mint_token(&c.name, &c.audience) {
+                Ok(token) => token,
+                Err(e) => return error(e),
+            };
+            let read = report(storage::get(&token), |v| json!(v.is_some()));
+            json!({ "ok": { "read": read, "token": token } })
         }
         "tools.invoke" => report(tools::invoke(&c.name, &c.input), |out| json!(out)),
         "log" => {
