@@ -320,6 +320,27 @@ async fn a_callers_token_never_reaches_the_audit_log_through_its_tools_records()
 }
 
 #[tokio::test]
+async fn an_instance_holds_a_bounded_number_of_tokens() {
+    use airlock_runtime::credentials::MAX_LIVE_TOKENS;
+    let setup = Setup::new("").await;
+    let mint = json!({"op": "secrets.mint", "name": "id", "audience": setup.origin()});
+    let (report, results) = setup.probe(vec![mint; MAX_LIVE_TOKENS + 2]).await;
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
+    for result in &results[..MAX_LIVE_TOKENS] {
+        assert_eq!(kind(result), "ok", "{result}");
+    }
+    for result in &results[MAX_LIVE_TOKENS..] {
+        assert_eq!(kind(result), "limit", "{result}");
+        assert!(
+            result
+                .to_string()
+                .contains(&format!("{MAX_LIVE_TOKENS} live tokens")),
+            "{result}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn error_text_never_carries_a_credential() {
     let setup = Setup::new("").await;
     let calls = vec![json!({"op": "fail", "message": format!("giving up, key was {SENTINEL}")})];

@@ -200,6 +200,10 @@ struct Lease {
     expires: SystemTime,
 }
 
+/// Tokens an instance may hold at once: each mint rebuilds the instance's
+/// leak scanner over all of them.
+pub const MAX_LIVE_TOKENS: usize = 16;
+
 /// What one running instance holds.
 struct Held {
     skill: String,
@@ -505,6 +509,15 @@ impl Credentials for Vault {
         let deadline = self
             .deadline(&subject.instance)
             .ok_or_else(|| unknown_credential(name))?;
+        let holding = self
+            .held()
+            .get(&subject.instance)
+            .map_or(0, |state| state.tokens.len());
+        if holding >= MAX_LIVE_TOKENS {
+            return Err(CallError::Limit(format!(
+                "this instance holds {holding} live tokens, the most it may; no more are minted"
+            )));
+        }
         let now = self.now();
         let until = earliest(deadline, spec.ttl.map(|ttl| now + ttl));
         // An instance past its deadline gets nothing new, not a token born

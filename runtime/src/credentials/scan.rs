@@ -99,8 +99,13 @@ impl Scanner {
             return None;
         }
         // Longest first, so a redaction removes the whole of a value.
+        // A contiguous NFA, not the DFA the builder would pick for so few
+        // patterns: the patterns are long (every form of every token, about
+        // 9 KiB a token), and a DFA over them is slow to build on every mint
+        // and large.
         let automaton = AhoCorasick::builder()
             .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
             .build(patterns.iter().map(|p| p.as_slice()));
         match automaton {
             Ok(automaton) => Some(Scanner {
