@@ -5,7 +5,7 @@
 //! what the run has touched so far ([`Session`]) and the call itself. Guest
 //! arguments only ever fill in the request's resource and details.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -632,24 +632,66 @@ impl Broker for DenyAll {
     }
 }
 
-/// Every call record of a run, across all its instances.
+/// Every call record of a run, across all its instances, and the calls
+/// each instance has open.
 #[derive(Clone, Debug, Default)]
-pub struct Ledger(Arc<Mutex<Vec<CallRecord>>>);
+pub struct Ledger(Arc<LedgerState>);
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    books: Mutex<Books>,
+    closed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Books {
+    records: Vec<CallRecord>,
+    open: HashMap<String, usize>,
+}
 
 impl Ledger {
-    fn push(&self, record: CallRecord) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(record);
+    fn books(&self) -> MutexGuard<'_, Books> {
+        self.0.books.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn open(&self, instance: &str) {
+        *self.books().open.entry(instance.to_string()).or_insert(0) += 1;
+    }
+
+    fn close(&self, record: CallRecord) {
+        let mut books = self.books();
+        if let Some(open) = books.open.get_mut(&record.instance) {
+            *open -= 1;
+            if *open == 0 {
+                books.open.remove(&record.instance);
+            }
+        }
+        books.records.push(record);
+        drop(books);
+        self.0.closed.notify_waiters();
     }
 
     /// The records so far, in the order the calls ended.
     pub fn records(&self) -> Vec<CallRecord> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.books().records.clone()
+    }
+
+    /// Wait up to `wait` until `instance` has no call open: a call made
+    /// from a task of its own (a standard HTTP request) may still be ending
+    /// after the instance is gone. False if some still are.
+    pub async fn settled(&self, instance: &str, wait: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let closed = self.0.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if !self.books().open.contains_key(instance) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 
@@ -792,6 +834,7 @@ impl BrokerCtx {
             outcome: None,
         };
         permit.span.record("verdict", "deny");
+        self.ledger.open(&self.subject.instance);
         permit.conclude(Err(error), |_: &T| None)
     }
 
@@ -821,6 +864,7 @@ impl BrokerCtx {
             .await;
         span.record("verdict", permit_verdict(&decision));
         span.record("policies", decision.policies.join(","));
+        self.ledger.open(&self.subject.instance);
         let permit = Permit {
             span,
             broker: self.broker.clone(),
@@ -942,9 +986,14 @@ impl Permit {
     ) -> Result<T, CallError> {
         let result = match result {
             Err(CallError::Guarded { guard, reason }) => {
+                let mut policies = vec![format!("guard:{guard}")];
+                // A denial shadow mode let through keeps its policy ids.
+                if self.decision.verdict == Verdict::Deny {
+                    policies.append(&mut self.decision.policies);
+                }
                 self.decision = Decision {
                     verdict: Verdict::Deny,
-                    policies: vec![format!("guard:{guard}")],
+                    policies,
                     reason: Some(reason),
                     mode: Mode::Enforce,
                 };
@@ -987,7 +1036,7 @@ impl Drop for Permit {
         self.span.record("outcome", record.outcome.kind());
         self.span.record("duration_us", record.duration_us);
         self.broker.record(&record);
-        self.ledger.push(record);
+        self.ledger.close(record);
     }
 }
 
@@ -1175,6 +1224,52 @@ mod tests {
         assert!(seen.contains("verdict=deny"), "{seen}");
         assert!(seen.contains("policies=p1"), "{seen}");
         assert!(seen.contains("outcome=denied"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_guards_refusal_is_one_denial_keeping_shadowed_policy_ids() {
+        let shadowed = Decision {
+            mode: Mode::Shadow,
+            ..Decision::deny(vec!["p1".into()], None)
+        };
+        let ctx = ctx(shadowed, 10);
+        let permit = ctx.authorize(request()).await.unwrap();
+        let result: Result<(), CallError> =
+            permit.conclude(Err(CallError::guard("egress-address", "inside")), |()| None);
+        match result {
+            Err(CallError::Denied(message)) => assert_eq!(
+                message,
+                "`storage.read` on Object `team/reports/q3` denied by policies \
+                 `guard:egress-address`, `p1` (inside)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let records = ctx.ledger().records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].outcome, Outcome::Denied);
+        assert_eq!(records[0].decision.mode, Mode::Enforce);
+        assert_eq!(records[0].decision.policies, ["guard:egress-address", "p1"]);
+    }
+
+    #[tokio::test]
+    async fn a_run_waits_for_its_calls_still_open_and_not_its_callers() {
+        let ctx = ctx(Decision::allow(vec!["p".into()]), 10);
+        let open = ctx.authorize(request()).await.unwrap();
+        let ledger = ctx.ledger().clone();
+        let short = std::time::Duration::from_millis(10);
+        assert!(!ledger.settled("i-1", short).await);
+        assert!(ledger.settled("another instance", short).await);
+        let closing = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            drop(open);
+        });
+        assert!(
+            ledger
+                .settled("i-1", std::time::Duration::from_secs(5))
+                .await
+        );
+        assert_eq!(ledger.records().len(), 1);
+        closing.await.unwrap();
     }
 
     #[tokio::test]

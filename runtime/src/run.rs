@@ -187,6 +187,8 @@ pub struct RunReport {
 
 /// How long a run waits for its credentials to be revoked at their issuers.
 const REVOCATION_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a run's end waits for calls still ending on tasks of their own.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Deadlines beyond this (a century) are as good as none, and clocks plus
 /// them cannot overflow.
@@ -649,7 +651,13 @@ impl Engine {
         };
         span.record("status", tracing::field::debug(status));
         let peak_memory_bytes = store.data().limiter.peak_memory();
+        // Dropping the store cancels the standard HTTP requests still in
+        // flight, each on a task of its own; their records come as those
+        // tasks end, and the run's records wait for them.
         drop(store);
+        if !ledger.settled(&instance, SETTLE_WAIT).await {
+            tracing::warn!(instance = %instance, "calls still open after the instance ended; their records are not in its end");
+        }
         let (mut logs, logs_dropped) = logs.drain();
         // Nothing the skill shows may carry a live credential value.
         let credentials = &*services.credentials;

@@ -631,6 +631,36 @@ async fn limits_hold_and_the_session_counts_what_went_out() {
     );
 }
 
+/// A standard HTTP request runs on a task of its own. One still in flight
+/// when the skill returns is cancelled with the instance, and its record is
+/// in the run's report and the audit log all the same.
+#[tokio::test]
+async fn a_request_left_in_flight_at_the_end_is_recorded() {
+    let server = TestServer::start().await;
+    let node = TestNode::with_resolver(&config(""), &[("p.cedar", POLICIES)], resolver());
+    let port = server.addr.port();
+    let (report, results) = fetch_all(
+        &node,
+        vec![
+            json!({"op": "wasi-http-abandon", "count": 300, "scheme": "http",
+                    "authority": format!("127.0.0.1:{port}"), "path": "/slow"}),
+        ],
+    )
+    .await;
+    assert_eq!(results[0]["ok"], "abandoned", "{}", results[0]);
+    assert_eq!(server.connections(), 1, "the request went out");
+    assert_eq!(report.decisions.len(), 1, "{:?}", report.decisions);
+    assert_eq!(report.decisions[0].decision.verdict, Verdict::Allow);
+    assert_eq!(report.decisions[0].outcome.kind(), "cancelled");
+    let path = node.node.services().audit.as_ref().unwrap().path();
+    let log = std::fs::read_to_string(path).unwrap();
+    let calls = log
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"call\""))
+        .count();
+    assert_eq!(calls, 1, "{log}");
+}
+
 #[tokio::test]
 async fn a_slow_server_is_cut_off_at_the_timeout() {
     let server = TestServer::start().await;

@@ -244,7 +244,7 @@ async fn submit_skill(
 ) -> Result<Response, ApiError> {
     api.authorize(&principal, ControlAction::Submit, None)?;
     // Held while the body is read and compiled: each holds up to max_body.
-    let _admitting = api.admission_slot()?;
+    let admitting = api.admission_slot()?;
     let mut multipart = multipart.map_err(|_| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -310,7 +310,16 @@ async fn submit_skill(
         input_schema: metadata.input_schema,
         signature,
     };
-    let (record, new) = api.node().admit(component.to_vec(), submission).await?;
+    // On a task of its own that keeps the slot: a client that goes away
+    // does not stop the compile, so it must not free the slot either.
+    let node = api.node().clone();
+    let (record, new) = tokio::spawn(async move {
+        let admitted = node.admit(component.to_vec(), submission).await;
+        drop(admitting);
+        admitted
+    })
+    .await
+    .map_err(|e| crate::Error::Engine(format!("the admission task failed: {e}")))??;
     if record.tenant != principal.tenant {
         // One record per digest: the same bytes under another tenant are
         // neither shown nor re-admitted.

@@ -529,8 +529,6 @@ impl Api {
         ))
     }
 
-    /// A run slot for `principal`, or 429 when the server or the principal
-    /// has as many runs going as it may.
     /// Room to read and compile one submission, while the permit lives.
     pub(crate) fn admission_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         self.admissions.clone().try_acquire_owned().map_err(|_| {
@@ -541,6 +539,8 @@ impl Api {
         })
     }
 
+    /// A run slot for `principal`, or 429 when the server or the principal
+    /// has as many runs going as it may.
     pub(crate) fn slot(self: &Arc<Self>, principal: &str) -> Result<Slot, ApiError> {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         if runs.0 >= self.config.max_runs {

@@ -915,7 +915,42 @@ struct RunEnd<'a> {
     error: &'a Option<crate::run::RunError>,
     usage: &'a crate::run::Usage,
     /// What the run touched: labels read, hosts, bytes sent.
-    session: &'a airlock_host_apis::SessionState,
+    session: SessionEnd<'a>,
+}
+
+/// Hosts a `run.end` names; each was a call record of its own already.
+const MAX_HOSTS: usize = 64;
+
+/// The session as a `run.end` records it: the hosts capped, so that one line
+/// stays small (every line is one message when a cluster ships the log).
+#[derive(Serialize)]
+struct SessionEnd<'a> {
+    labels: &'a std::collections::BTreeSet<String>,
+    secrets_used: &'a std::collections::BTreeSet<String>,
+    hosts_contacted: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hosts_contacted_total: Option<usize>,
+    calls: u64,
+    bytes_out: u64,
+}
+
+impl<'a> SessionEnd<'a> {
+    fn of(session: &'a airlock_host_apis::SessionState) -> Self {
+        let total = session.hosts_contacted.len();
+        SessionEnd {
+            labels: &session.labels,
+            secrets_used: &session.secrets_used,
+            hosts_contacted: session
+                .hosts_contacted
+                .iter()
+                .take(MAX_HOSTS)
+                .map(String::as_str)
+                .collect(),
+            hosts_contacted_total: (total > MAX_HOSTS).then_some(total),
+            calls: session.calls,
+            bytes_out: session.bytes_out,
+        }
+    }
 }
 
 /// The records of a finished run, as lines: each call, then `run.end`.
@@ -993,7 +1028,7 @@ pub fn end_events(
         status: report.status,
         error: &report.error,
         usage: &report.usage,
-        session: &report.session,
+        session: SessionEnd::of(&report.session),
     }));
     events
 }

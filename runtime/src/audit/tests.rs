@@ -558,3 +558,42 @@ fn the_last_open_run_never_waits_for_the_commit_interval() {
     assert_eq!(ends, 5);
     assert!(fixture.verify().problem.is_none());
 }
+
+#[test]
+fn a_run_end_names_a_bounded_number_of_hosts() {
+    let mut session = airlock_host_apis::SessionState::default();
+    for n in 0..(MAX_HOSTS + 36) {
+        session
+            .hosts_contacted
+            .insert(format!("h{n:03}.{}.example", "x".repeat(200)));
+    }
+    let report = crate::run::RunReport {
+        instance: "i".into(),
+        skill: "s".into(),
+        status: crate::run::RunStatus::Ok,
+        output: None,
+        error: None,
+        usage: crate::run::Usage {
+            duration_us: 1,
+            peak_memory_bytes: 1,
+            host_calls: 100,
+            compile: crate::engine::CompileSource::Memory,
+        },
+        decisions: Vec::new(),
+        session,
+        logs: Vec::new(),
+        logs_dropped: 0,
+    };
+    let events = end_events(&airlock_host_apis::Subject::default(), &report, 10);
+    let end: serde_json::Value =
+        serde_json::from_slice(&events.last().unwrap_or_else(|| panic!("no run.end")).0)
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(end["kind"], "run.end");
+    let hosts = end["session"]["hosts_contacted"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(hosts.len(), MAX_HOSTS);
+    assert_eq!(end["session"]["hosts_contacted_total"], MAX_HOSTS + 36);
+    assert!(events.last().map_or(0, |l| l.0.len()) < 32 << 10);
+}

@@ -95,7 +95,9 @@ impl Binding {
 /// The URL parser resolves `.` and `..` segments, but servers also decode
 /// `%2F` and `%5C` into separators, drop `;` parameters from a segment
 /// (`..;`), and some decode twice; a segment that could climb out after
-/// any of these is refused.
+/// any of these is refused. So is one whose bytes are not UTF-8 once
+/// decoded (overlong forms such as `%c0%ae` read as `.` on some servers) or
+/// that holds IIS's `%u` escapes.
 fn plain(rest: &str) -> bool {
     rest.split('/').all(|segment| {
         let mut text = std::borrow::Cow::Borrowed(segment);
@@ -104,9 +106,13 @@ fn plain(rest: &str) -> bool {
             if !text.contains('%') {
                 break;
             }
-            let decoded = percent_encoding::percent_decode_str(&text)
-                .decode_utf8_lossy()
-                .into_owned();
+            if text.contains("%u") || text.contains("%U") {
+                return false;
+            }
+            let Ok(decoded) = percent_encoding::percent_decode_str(&text).decode_utf8() else {
+                return false;
+            };
+            let decoded = decoded.into_owned();
             if decoded == text {
                 break;
             }
@@ -465,6 +471,12 @@ fn audience_host(audience: &str) -> Option<String> {
     }
 }
 
+fn too_many_tokens(holding: usize) -> CallError {
+    CallError::Limit(format!(
+        "this instance holds {holding} live tokens, the most it may; no more are minted or leased"
+    ))
+}
+
 fn expired(name: &str, at: SystemTime) -> CallError {
     CallError::guard(
         "credential-lease",
@@ -514,9 +526,7 @@ impl Credentials for Vault {
             .get(&subject.instance)
             .map_or(0, |state| state.tokens.len());
         if holding >= MAX_LIVE_TOKENS {
-            return Err(CallError::Limit(format!(
-                "this instance holds {holding} live tokens, the most it may; no more are minted"
-            )));
+            return Err(too_many_tokens(holding));
         }
         let now = self.now();
         let until = earliest(deadline, spec.ttl.map(|ttl| now + ttl));
@@ -577,6 +587,9 @@ impl Credentials for Vault {
                 } else {
                     Err(expired(name, lease.expires))
                 };
+            }
+            if state.tokens.len() >= MAX_LIVE_TOKENS {
+                return Err(too_many_tokens(state.tokens.len()));
             }
             state.deadline
         };
@@ -761,6 +774,8 @@ mod tests {
             "https://api.example.com/v1/%2e%2e%5cadmin",
             "https://api.example.com/v1/%252e%252e%252fadmin",
             "https://api.example.com/v1/.;x/..;y/admin",
+            "https://api.example.com/v1/%u002e%u002e/admin",
+            "https://api.example.com/v1/%c0%ae%c0%ae/admin",
         ] {
             let matches = binding.matches(&request(url));
             // `..` is resolved by the parser: `/admin` is outside the prefix.

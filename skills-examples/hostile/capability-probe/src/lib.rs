@@ -3,7 +3,9 @@
 //!
 //! Input: `{"calls": [{"op": "storage.get", "key": "a"}, ...]}`. Operations:
 //! `http.fetch` (method, url, headers, body, credential), `wasi-http` (method,
-//! scheme, authority, path, headers), `storage.get|put|delete|list` (key,
+//! scheme, authority, path, headers; `wasi-http-many` sends `count` at once,
+//! `wasi-http-abandon` leaves one in flight after `count` ms),
+//! `storage.get|put|delete|list` (key,
 //! value, prefix), `secrets.mint` (name, audience), `secrets.mint-send`
 //! (name, audience, url, key: mint, then send the token to url in a header,
 //! the query and the body, and store it), `secrets.mint-key` (name,
@@ -95,6 +97,16 @@ fn call(c: Call) -> Value {
         }
         "wasi-http" => match send(&c) {
             Ok(future) => wait(future),
+            Err(refused) => refused,
+        },
+        // Send, wait `count` ms, and never look at the response: the
+        // request is still in flight when the instance ends.
+        "wasi-http-abandon" => match send(&c) {
+            Ok(future) => {
+                std::thread::sleep(std::time::Duration::from_millis(c.count as u64));
+                std::mem::forget(future);
+                json!({ "ok": "abandoned" })
+            }
             Err(refused) => refused,
         },
         // `count` requests in flight at once, then each response in turn.
