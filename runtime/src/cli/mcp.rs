@@ -41,7 +41,10 @@ pub async fn serve(
         .ok_or_else(|| {
             Failure::usage("who is the MCP client? pass --as NAME or set AIRLOCK_USER")
         })?;
-    let (node, api) = super::serve::node_and_api(config, data_dir, args.policy, None).await?;
+    // Sized as `serve` sizes its pool: MCP runs take the API's run slots.
+    let max_instances = config.api.instance_slots(false);
+    let (node, api) =
+        super::serve::node_and_api(config, data_dir, args.policy, max_instances).await?;
     // A local client runs skills; the control-plane policies still decide.
     let caller = Principal {
         name,

@@ -56,7 +56,7 @@ pub async fn serve(
     }
     let serves_queue = config.cluster.as_ref().is_some_and(|c| c.queue_runs);
     let max_instances = api_config.instance_slots(serves_queue);
-    let (node, api) = node_and_api(config, data_dir, args.policy, Some(max_instances)).await?;
+    let (node, api) = node_and_api(config, data_dir, args.policy, max_instances).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -116,7 +116,7 @@ pub(super) async fn node_and_api(
     config: Config,
     data_dir: PathBuf,
     policy_dir: Option<PathBuf>,
-    max_instances: Option<u32>,
+    max_instances: u32,
 ) -> Result<(std::sync::Arc<Node>, std::sync::Arc<Api>), Failure> {
     let api_config = config.api.clone();
     let defaults = EngineConfig::default();
@@ -134,7 +134,7 @@ pub(super) async fn node_and_api(
         NodeOptions {
             engine: EngineConfig {
                 cache_dir: Some(data_dir.join("cache")),
-                max_instances: max_instances.unwrap_or(defaults.max_instances),
+                max_instances,
                 ..defaults
             },
             data_dir: Some(data_dir),
