@@ -620,8 +620,18 @@ impl SkillStore {
             ))
         })?;
         db.busy_timeout(Duration::from_secs(10)).map_err(db_error)?;
-        db.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_error)?;
+        // Switching a new database to WAL takes a lock that SQLite does not
+        // wait for: another process opening the store at the same moment
+        // makes it fail at once, so it is tried again for as long as the
+        // busy timeout.
+        let started = std::time::Instant::now();
+        while let Err(e) = db.pragma_update(None, "journal_mode", "WAL") {
+            let busy = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+            if !busy || started.elapsed() > Duration::from_secs(10) {
+                return Err(db_error(e));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
         db.pragma_update(None, "foreign_keys", "ON")
             .map_err(db_error)?;
         let version: i64 = db

@@ -354,15 +354,17 @@ fn the_same_bytes_admitted_at_once_by_several_handles_are_one_skill() {
             .map(|n| {
                 let (dir, start, inspection) = (dir.path(), &start, &inspection);
                 scope.spawn(move || {
-                    let store = SkillStore::open(&dir.join("skills"))?;
+                    // Opened at once too, and past the barrier whatever
+                    // happens, so that one failure cannot strand the rest.
+                    let store = SkillStore::open(&dir.join("skills"));
+                    start.wait();
                     let submission = Submission {
                         name: format!("empty-{n}"),
                         agent: "a".into(),
                         submitter: format!("s{n}"),
                         ..Submission::default()
                     };
-                    start.wait();
-                    store.admit(EMPTY_COMPONENT, inspection, &submission, None)
+                    store?.admit(EMPTY_COMPONENT, inspection, &submission, None)
                 })
             })
             .collect();
@@ -523,4 +525,41 @@ fn a_change_checked_against_a_stale_state_is_refused() {
     assert_eq!(now, Some(State::Revoked));
     let history = f.store.history(&record.digest).unwrap_or_default();
     assert_eq!(history.len(), 2, "admitted and revoked, nothing else");
+}
+
+/// A CLI and a server started together on a new data directory both open
+/// the store at once.
+#[test]
+fn a_new_store_opened_by_several_processes_at_once_opens_for_each() {
+    let mut failures = Vec::new();
+    for _ in 0..50 {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let start = std::sync::Barrier::new(6);
+        let opened: Vec<Result<SkillStore, Error>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let (dir, start) = (dir.path(), &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        SkillStore::open(&dir.join("skills"))
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|_| panic!("an open panicked")))
+                .collect()
+        });
+        failures.extend(
+            opened
+                .into_iter()
+                .filter_map(|r| r.err().map(|e| e.to_string())),
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{} opens failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
 }
