@@ -676,6 +676,16 @@ impl Ledger {
         self.books().records.clone()
     }
 
+    /// Pass the strings of `instance`'s records through `clean` where they
+    /// are kept: its callers read them after it has ended, when its
+    /// credentials, and so what would clean them, are gone.
+    pub fn clean(&self, instance: &str, clean: impl Fn(String) -> String) {
+        let mut books = self.books();
+        for record in books.records.iter_mut().filter(|r| r.instance == instance) {
+            record.redact(&clean);
+        }
+    }
+
     /// Wait up to `wait` until `instance` has no call open: a call made
     /// from a task of its own (a standard HTTP request) may still be ending
     /// after the instance is gone. False if some still are.

@@ -273,6 +273,9 @@ impl Drop for Unfinished {
     fn drop(&mut self) {
         let Some(c) = self.0.take() else { return };
         let instance = &c.subject.instance;
+        c.ledger.clean(instance, |text| {
+            redact_chain(&*c.credentials, &c.subject, instance, text)
+        });
         let decisions = own_records(&c.ledger, &c.subject, |text| {
             redact_chain(&*c.credentials, &c.subject, instance, text)
         });
@@ -670,6 +673,9 @@ impl Engine {
         for line in &mut logs {
             line.message = clean(std::mem::take(&mut line.message));
         }
+        // Cleaned where its callers will read them, while its credentials
+        // are still known.
+        ledger.clean(&instance, clean);
         let decisions = own_records(&ledger, &subject, clean);
         if let Some(revocation) = held.end()
             && tokio::time::timeout(REVOCATION_WAIT, revocation)

@@ -355,6 +355,74 @@ struct Workload {
     input: String,
 }
 
+/// The least any durable log could cost a run, whatever its writer, disk or
+/// way of waiting: serializing the run's records, and hashing them as the
+/// chain's lines (each framed with its seq, time and previous hash, about
+/// 100 bytes more). One thread, caches warm: under load it costs more.
+struct Floor {
+    serialize_us: f64,
+    hash_us: f64,
+    bytes: usize,
+}
+
+fn record_floor(airlock: &Engine, workload: &Workload) -> Floor {
+    const N: u32 = 20_000;
+    const FRAMING: usize = 100;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(airlock.run(
+        &workload.skill,
+        request("audit", &workload.input),
+        &Services::default(),
+    ));
+    let mut subject = request("audit", &workload.input).subject;
+    subject.instance = report.instance.clone();
+    subject.skill.digest = workload.skill.digest().to_hex();
+    let max_identical = airlock_runtime::config::AuditConfig::default().max_identical_denials;
+    let records = || {
+        let mut lines = vec![airlock_runtime::audit::line(
+            &airlock_runtime::audit::start_event(&subject),
+        )];
+        lines.extend(airlock_runtime::audit::end_events(
+            &subject,
+            &report,
+            max_identical,
+        ));
+        lines
+    };
+    let framed: Vec<Vec<u8>> = records()
+        .iter()
+        .map(|line| {
+            let mut framed = vec![b' '; FRAMING];
+            framed.extend_from_slice(line.as_bytes());
+            framed
+        })
+        .collect();
+    let bytes = framed.iter().map(Vec::len).sum();
+    for _ in 0..N / 10 {
+        std::hint::black_box(records());
+    }
+    let started = Instant::now();
+    for _ in 0..N {
+        std::hint::black_box(records());
+    }
+    let serialize_us = us(started.elapsed()) / f64::from(N);
+    let started = Instant::now();
+    for _ in 0..N {
+        for line in &framed {
+            std::hint::black_box(blake3::hash(std::hint::black_box(line)));
+        }
+    }
+    let hash_us = us(started.elapsed()) / f64::from(N);
+    Floor {
+        serialize_us,
+        hash_us,
+        bytes,
+    }
+}
+
 /// Invocations per second with the audit log off and on (durable: each
 /// run's records fsynced before its report returns), alternated twice, for
 /// each workload: the log's cost per run is about fixed (two records), so
@@ -424,6 +492,7 @@ fn audit_cost(airlock: &Arc<Engine>, workloads: &[Workload], cores: usize) {
     );
     for workload in workloads {
         println!("  {}", workload.label);
+        let floor = record_floor(airlock, workload);
         let mut ratios = Vec::new();
         let mut offs = Vec::new();
         let (mut cpu_off, mut cpu_on) = (0, 0);
@@ -472,6 +541,16 @@ fn audit_cost(airlock: &Arc<Engine>, workloads: &[Workload], cores: usize) {
             ratios[ratios.len() - 1],
             (1.0 - ratio) * 100.0,
             cores as f64 * 1e6 / median(&offs)
+        );
+        let run_us = cores as f64 * 1e6 / median(&offs);
+        let least = floor.serialize_us + floor.hash_us;
+        println!(
+            "    floor (one thread, warm): serializing the run's records {:.2} µs, hashing them as lines {:.2} µs \
+             ({} bytes); at {run_us:.1} µs a run, no durable log could keep more than {:.3} of the rate",
+            floor.serialize_us,
+            floor.hash_us,
+            floor.bytes,
+            run_us / (run_us + least)
         );
     }
 }

@@ -319,6 +319,34 @@ async fn a_callers_token_never_reaches_the_audit_log_through_its_tools_records()
     assert!(!log.contains("eyJ"), "a token reached the audit log");
 }
 
+/// A tool's records are in its caller's report too. Cleaned there, at the
+/// caller's end, the tool's token was no longer live, so not known as one.
+#[tokio::test]
+async fn a_tools_token_never_reaches_its_callers_report() {
+    let setup = Setup::new("[tools.inner]\nskill = \"{skills}/capability_probe.wasm\"\n").await;
+    let mint = json!({"op": "secrets.mint-key", "name": "id", "audience": setup.origin()});
+    let inner = json!({ "calls": [mint] }).to_string();
+    let calls = vec![json!({"op": "tools.invoke", "name": "inner", "input": inner})];
+    let (report, results) = setup.probe(calls).await;
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
+    assert_eq!(kind(&results[0]), "ok", "{}", results[0]);
+    let reads: Vec<_> = report
+        .decisions
+        .iter()
+        .filter(|d| d.action.as_str() == "storage.read")
+        .collect();
+    assert_eq!(reads.len(), 1, "{:#?}", report.decisions);
+    assert_ne!(reads[0].instance, report.instance, "the tool's call");
+    let read = serde_json::to_string(reads[0]).unwrap();
+    assert!(read.contains("[redacted]"), "{read}");
+    // Minted tokens are JWTs: a header starts `eyJ`.
+    let records = serde_json::to_string(&report.decisions).unwrap();
+    assert!(
+        !records.contains("eyJ"),
+        "a token reached the report: {records}"
+    );
+}
+
 #[tokio::test]
 async fn an_instance_holds_a_bounded_number_of_tokens() {
     use airlock_runtime::credentials::MAX_LIVE_TOKENS;
