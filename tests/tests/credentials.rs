@@ -321,6 +321,8 @@ async fn a_callers_token_never_reaches_the_audit_log_through_its_tools_records()
 
 /// A tool's records are in its caller's report too. Cleaned there, at the
 /// caller's end, the tool's token was no longer live, so not known as one.
+/// And a denial's text names the resource cut short: a token in it is no
+/// longer whole when the tool's output is cleaned.
 #[tokio::test]
 async fn a_tools_token_never_reaches_its_callers_report() {
     let setup = Setup::new("[tools.inner]\nskill = \"{skills}/capability_probe.wasm\"\n").await;
@@ -339,12 +341,14 @@ async fn a_tools_token_never_reaches_its_callers_report() {
     assert_ne!(reads[0].instance, report.instance, "the tool's call");
     let read = serde_json::to_string(reads[0]).unwrap();
     assert!(read.contains("[redacted]"), "{read}");
-    // Minted tokens are JWTs: a header starts `eyJ`.
-    let records = serde_json::to_string(&report.decisions).unwrap();
+    // Minted tokens are JWTs: a header starts `eyJ`. The tool's output
+    // carries its denial, which names the key cut short.
+    let everything = serde_json::to_string(&report).unwrap();
     assert!(
-        !records.contains("eyJ"),
-        "a token reached the report: {records}"
+        !everything.contains("eyJ"),
+        "a token reached the report: {everything}"
     );
+    assert!(everything.contains("inner/[redacted]…"), "{everything}");
 }
 
 #[tokio::test]

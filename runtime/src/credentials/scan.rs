@@ -4,7 +4,8 @@
 //! URL-safe, at each of the three alignments it can take inside a longer
 //! encoded text) and URL-encoded. One Aho-Corasick automaton holds every
 //! form of every value, so a scan is one pass whatever the number of
-//! credentials.
+//! credentials. Redaction also takes out the first part of a form where
+//! the host cut a string short (`…`).
 
 use aho_corasick::AhoCorasick;
 use airlock_host_apis::secrets::SecretValue;
@@ -26,6 +27,15 @@ pub const REDACTED: &str = "[redacted]";
 /// Encoded forms shorter than this are not searched: they would match by
 /// chance.
 const MIN_FORM: usize = 8;
+
+/// What the host puts where it cuts a string short (a denial naming a long
+/// resource, a record's string bound). A value cut there is no longer whole,
+/// and the automaton alone would let its first part through.
+const CUT: &str = "…";
+
+/// A form cut to fewer bytes than this, before a [`CUT`], is left: so short
+/// a prefix could match by chance.
+const MIN_CUT: usize = 16;
 
 /// Every form of `value` to search for.
 pub fn forms(value: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
@@ -71,6 +81,8 @@ pub struct Scanner {
     /// For each pattern, the live value it is a form of.
     owner: Vec<usize>,
     lives: Vec<(String, Option<String>)>,
+    /// Every form, for finding one cut short.
+    forms: Vec<Zeroizing<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Scanner {
@@ -115,6 +127,7 @@ impl Scanner {
                     .iter()
                     .map(|l| (l.name.clone(), l.audience_host.clone()))
                     .collect(),
+                forms: patterns,
             }),
             Err(e) => {
                 // Refuse to run blind: a scanner that matches everything.
@@ -137,13 +150,57 @@ impl Scanner {
     /// `data` with every form of every value replaced, or `None` when it
     /// has none.
     pub fn redact(&self, data: &[u8]) -> Option<Vec<u8>> {
-        self.automaton.find(data)?;
+        let whole = self.automaton.find(data).map(|_| {
+            let mut out = Vec::with_capacity(data.len());
+            self.automaton
+                .replace_all_with_bytes(data, &mut out, |_, _, dst| {
+                    dst.extend_from_slice(REDACTED.as_bytes());
+                    true
+                });
+            out
+        });
+        let cut = self.redact_cut(whole.as_deref().unwrap_or(data));
+        cut.or(whole)
+    }
+
+    /// `data` with every value's first part replaced where it ends in a
+    /// [`CUT`], or `None` when there is none.
+    fn redact_cut(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for end in memchr::memmem::find_iter(data, CUT.as_bytes()) {
+            let start = self
+                .forms
+                .iter()
+                .filter_map(|form| {
+                    // Strictly shorter than the form: a whole one is the
+                    // automaton's.
+                    let from = end.saturating_sub(form.len().saturating_sub(1));
+                    (from..end)
+                        .take_while(|start| end - start >= MIN_CUT)
+                        .find(|&start| {
+                            data.get(start..end)
+                                .zip(form.get(..end - start))
+                                .is_some_and(|(seen, prefix)| seen == prefix)
+                        })
+                })
+                .min();
+            if let Some(start) = start
+                && spans.last().is_none_or(|(_, last)| *last <= start)
+            {
+                spans.push((start, end));
+            }
+        }
+        if spans.is_empty() {
+            return None;
+        }
         let mut out = Vec::with_capacity(data.len());
-        self.automaton
-            .replace_all_with_bytes(data, &mut out, |_, _, dst| {
-                dst.extend_from_slice(REDACTED.as_bytes());
-                true
-            });
+        let mut at = 0;
+        for (start, end) in spans {
+            out.extend_from_slice(data.get(at..start).unwrap_or_default());
+            out.extend_from_slice(REDACTED.as_bytes());
+            at = end;
+        }
+        out.extend_from_slice(data.get(at..).unwrap_or_default());
         Some(out)
     }
 }
@@ -186,6 +243,28 @@ mod tests {
             }
         }
         assert_eq!(s.leak(b"sk-live-SENTINEL-0123456789abcdeX", None), None);
+    }
+
+    #[test]
+    fn a_value_cut_short_by_the_host_is_redacted_too() {
+        let s = scanner(None);
+        let cut = |n: usize| format!("`storage.read` on Object `ns/{}…` denied", &SENTINEL[..n]);
+        assert_eq!(
+            s.redact(cut(20).as_bytes()).map(String::from_utf8),
+            Some(Ok("`storage.read` on Object `ns/[redacted]…` denied".into()))
+        );
+        // Whole, and cut, in one text.
+        let both = format!("{SENTINEL} and {}", cut(MIN_CUT));
+        assert_eq!(
+            s.redact(both.as_bytes()).map(String::from_utf8),
+            Some(Ok(
+                "[redacted] and `storage.read` on Object `ns/[redacted]…` denied".into()
+            ))
+        );
+        // Too short a prefix to tell, or a prefix not cut by the host.
+        assert_eq!(s.redact(cut(MIN_CUT - 1).as_bytes()), None);
+        let uncut = format!("ns/{} denied", &SENTINEL[..20]);
+        assert_eq!(s.redact(uncut.as_bytes()), None);
     }
 
     #[test]
