@@ -217,6 +217,16 @@ impl Tools for ToolRegistry {
         }))
         .await
         .map_err(|e| CallError::Unavailable(format!("tool `{name}` did not finish: {e}")))?;
+        // An admitted tool answers for its own calls too, as it would run
+        // alone; its caller answers for them as well.
+        if let Some(digest) = tool.digest {
+            let own = report
+                .decisions
+                .iter()
+                .filter(|r| r.instance == report.instance);
+            node.count_denials(digest, crate::admission::node::denials(own))
+                .await;
+        }
         match (report.status, report.output, report.error) {
             (RunStatus::Ok, Some(output), _) => Ok(output),
             (RunStatus::SkillError, _, error) => Err(CallError::Unavailable(format!(

@@ -33,6 +33,12 @@ async fn admit(node: &TestNode, path: &str) -> SkillDigest {
     record.digest
 }
 
+/// Policy that lets any skill call any tool.
+const TOOL_INVOKE: &str = r#"
+@id("test/tools")
+permit (principal, action == Airlock::Action::"tool.invoke", resource);
+"#;
+
 async fn run(node: &TestNode, digest: SkillDigest, input: &str) -> Result<RunReport, Error> {
     node.node
         .run_admitted(digest, request("ignored", input))
@@ -410,11 +416,7 @@ permit (principal, action == Airlock::Action::"http.request", resource == Airloc
 async fn a_tool_by_digest_runs_only_while_its_skill_is_approved() {
     let hello = SkillDigest::of(&wasm(skills::HELLO));
     let config = format!("[tools.greet]\ndigest = \"{hello}\"\nrisk = \"low\"\n");
-    let policies = r#"
-@id("test/tools")
-permit (principal, action == Airlock::Action::"tool.invoke", resource);
-"#;
-    let node = TestNode::new(&config, &[("p.cedar", policies)]);
+    let node = TestNode::new(&config, &[("p.cedar", TOOL_INVOKE)]);
     let caller = approved_probe(&node).await;
     let invoke =
         json!({"calls": [{"op": "tools.invoke", "name": "greet", "input": "{\"name\":\"Tool\"}"}]})
@@ -455,15 +457,52 @@ permit (principal, action == Airlock::Action::"tool.invoke", resource);
     );
 }
 
+/// A tool by digest answers for its own denials, as it would run alone: a
+/// skill that is denied again and again is quarantined though it only ever
+/// runs as another's tool.
+#[tokio::test]
+async fn a_tools_denials_count_toward_its_own_quarantine() {
+    let probe = SkillDigest::of(&wasm(skills::CAPABILITY_PROBE));
+    let config = format!(
+        "[admission]\nquarantine_after = 3\nquarantine_window = \"1m\"\n\
+         [tools.inner]\ndigest = \"{probe}\"\nrisk = \"low\"\n"
+    );
+    let node = TestNode::new(&config, &[("p.cedar", TOOL_INVOKE)]);
+    approved_probe(&node).await;
+    // No policy allows storage: each get is denied.
+    let get = json!({"op": "storage.get", "key": "a"});
+    let inner = json!({"calls": [get, get, get]}).to_string();
+    let input =
+        json!({"calls": [{"op": "tools.invoke", "name": "inner", "input": inner}]}).to_string();
+    // The caller is a developer's file: only the tool is an admitted skill.
+    let skill = node
+        .node
+        .load(wasm(skills::CAPABILITY_PROBE))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let report = node.node.run(&skill, request("caller", &input)).await;
+    assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
+    let denied: Vec<_> = report
+        .decisions
+        .iter()
+        .filter(|d| d.decision.verdict == airlock_host_apis::Verdict::Deny)
+        .collect();
+    assert_eq!(denied.len(), 3, "{:#?}", report.decisions);
+    assert!(denied.iter().all(|d| d.skill == "inner"), "{denied:#?}");
+    let store = node.node.skills().unwrap_or_else(|e| panic!("{e}"));
+    let record = store.get(&probe).await.ok().flatten();
+    assert_eq!(record.map(|r| r.state), Some(State::Quarantined));
+    let quarantine = events(&node, "skill.quarantine");
+    assert_eq!(quarantine.len(), 1, "{quarantine:#?}");
+    assert_eq!(quarantine[0]["automatic"], true);
+    assert_eq!(quarantine[0]["digest"], probe.to_hex());
+}
+
 #[tokio::test]
 async fn quarantining_a_tool_stops_it_in_the_middle_of_a_call() {
     let probe = SkillDigest::of(&wasm(skills::CAPABILITY_PROBE));
     let config = format!("[tools.sleeper]\ndigest = \"{probe}\"\nrisk = \"low\"\n");
-    let policies = r#"
-@id("test/tools")
-permit (principal, action == Airlock::Action::"tool.invoke", resource);
-"#;
-    let node = TestNode::new(&config, &[("p.cedar", policies)]);
+    let node = TestNode::new(&config, &[("p.cedar", TOOL_INVOKE)]);
     approved_probe(&node).await;
     let sleep = json!({"calls": [{"op": "sleep", "count": 20000}]}).to_string();
     let input =

@@ -133,6 +133,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Error::Engine(format!("a skill store task failed: {e}")))?
 }
 
+/// The denials among `records` that count toward automatic quarantine: the
+/// enforced ones.
+pub(crate) fn denials<'a>(
+    records: impl IntoIterator<Item = &'a airlock_host_apis::broker::CallRecord>,
+) -> usize {
+    records
+        .into_iter()
+        .filter(|r| r.decision.verdict == Verdict::Deny && r.decision.mode == Mode::Enforce)
+        .count()
+}
+
 impl Node {
     /// Where admitted skills live, or why there is nowhere.
     pub fn skills(&self) -> Result<&Arc<dyn Registry>, Error> {
@@ -359,7 +370,8 @@ impl Node {
         request.stop = Some(stop.clone());
         let _held = self.hold_on(store, digest, stop);
         let report = self.run(&skill, request).await;
-        self.count_denials(digest, &report).await;
+        // A skill answers for every call made on its behalf, its tools' too.
+        self.count_denials(digest, denials(&report.decisions)).await;
         Ok(report)
     }
 
@@ -379,13 +391,9 @@ impl Node {
         }
     }
 
-    async fn count_denials(&self, digest: SkillDigest, report: &RunReport) {
+    /// Count `denied` calls toward `digest`'s automatic quarantine.
+    pub(crate) async fn count_denials(&self, digest: SkillDigest, denied: usize) {
         let config = &self.config().admission;
-        let denied = report
-            .decisions
-            .iter()
-            .filter(|r| r.decision.verdict == Verdict::Deny && r.decision.mode == Mode::Enforce)
-            .count();
         if config.quarantine_after == 0 || denied == 0 {
             return;
         }
