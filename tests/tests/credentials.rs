@@ -372,6 +372,40 @@ async fn an_instance_holds_a_bounded_number_of_tokens() {
     }
 }
 
+/// A leased token counts toward the same bound: held, it leaves room for one
+/// mint fewer; at the bound, no lease is taken (the token endpoint is never
+/// asked).
+#[tokio::test]
+async fn leased_tokens_count_toward_the_bound() {
+    use airlock_runtime::credentials::MAX_LIVE_TOKENS;
+    let setup = Setup::new("").await;
+    let mint = json!({"op": "secrets.mint", "name": "id", "audience": setup.origin()});
+    let lease = fetch(&setup.bound("/echo"), Some("downstream"));
+    let mut calls = vec![lease.clone()];
+    calls.extend(std::iter::repeat_n(mint.clone(), MAX_LIVE_TOKENS));
+    let (_, results) = setup.probe(calls).await;
+    assert_eq!(kind(&results[0]), "ok", "{}", results[0]);
+    assert_eq!(setup.tls.exchanged().len(), 1);
+    for result in &results[1..MAX_LIVE_TOKENS] {
+        assert_eq!(kind(result), "ok", "{result}");
+    }
+    let last = &results[MAX_LIVE_TOKENS];
+    assert_eq!(kind(last), "limit", "the lease took one place: {last}");
+
+    let mut calls = vec![mint; MAX_LIVE_TOKENS];
+    calls.push(lease);
+    let (_, results) = setup.probe(calls).await;
+    let refused = &results[MAX_LIVE_TOKENS];
+    assert_eq!(kind(refused), "limit", "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains(&format!("{MAX_LIVE_TOKENS} live tokens")),
+        "{refused}"
+    );
+    assert_eq!(setup.tls.exchanged().len(), 1, "no second exchange");
+}
+
 #[tokio::test]
 async fn error_text_never_carries_a_credential() {
     let setup = Setup::new("").await;
