@@ -246,6 +246,10 @@ pub struct Decision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub mode: Mode,
+    /// Denied by a calling skill's policies, not the tool's own: the tool
+    /// does not answer for it (automatic quarantine).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub by_caller: bool,
 }
 
 impl Decision {
@@ -255,6 +259,7 @@ impl Decision {
             policies,
             reason: None,
             mode: Mode::Enforce,
+            by_caller: false,
         }
     }
 
@@ -264,6 +269,7 @@ impl Decision {
             policies,
             reason,
             mode: Mode::Enforce,
+            by_caller: false,
         }
     }
 
@@ -1006,6 +1012,7 @@ impl Permit {
                     policies,
                     reason: Some(reason),
                     mode: Mode::Enforce,
+                    by_caller: false,
                 };
                 self.span.record("verdict", "deny");
                 self.span

@@ -248,6 +248,7 @@ impl Broker for PolicyBroker {
             policies: answer.policies,
             reason: answer.reason,
             mode: self.mode,
+            by_caller: false,
         }
     }
 }
@@ -310,6 +311,7 @@ impl Broker for DelegatedBroker {
                 } else {
                     Mode::Enforce
                 },
+                by_caller: true,
             };
         }
         own

@@ -198,11 +198,18 @@ const LONGEST: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 
 struct Held {
     credentials: Arc<dyn Credentials>,
     instance: Option<String>,
+    ledger: Ledger,
+    subject: Arc<Subject>,
 }
 
 impl Held {
     fn end(&mut self) -> Option<airlock_host_apis::secrets::Revocation> {
         let instance = self.instance.take()?;
+        // The instance's records are cleaned where its callers will read
+        // them, however it ends, while its credentials are still known.
+        self.ledger.clean(&instance, |text| {
+            redact_chain(&*self.credentials, &self.subject, &instance, text)
+        });
         self.credentials.ended(&instance)
     }
 }
@@ -245,11 +252,13 @@ fn redact_chain(
 }
 
 /// The run's records: the calls of this instance and of the tools it
-/// called, not those of its callers, who share the ledger; cleaned.
+/// called, not those of its callers, who share the ledger; cleaned of the
+/// chain's credentials and of each maker's own (a tool still ending, its
+/// caller cancelled, has not cleaned its records yet).
 fn own_records(
     ledger: &Ledger,
     subject: &Subject,
-    clean: impl Fn(String) -> String,
+    credentials: &dyn Credentials,
 ) -> Vec<airlock_host_apis::broker::CallRecord> {
     let mut records = ledger.records();
     records.retain(|r| {
@@ -260,7 +269,16 @@ fn own_records(
             .any(|c| c.instance == r.instance)
     });
     for record in &mut records {
-        record.redact(&clean);
+        let maker = std::mem::take(&mut record.instance);
+        record.redact(|text| {
+            let text = redact_chain(credentials, subject, &subject.instance, text);
+            if maker == subject.instance {
+                text
+            } else {
+                redact_text(credentials, &maker, text)
+            }
+        });
+        record.instance = maker;
     }
     records
 }
@@ -273,12 +291,7 @@ impl Drop for Unfinished {
     fn drop(&mut self) {
         let Some(c) = self.0.take() else { return };
         let instance = &c.subject.instance;
-        c.ledger.clean(instance, |text| {
-            redact_chain(&*c.credentials, &c.subject, instance, text)
-        });
-        let decisions = own_records(&c.ledger, &c.subject, |text| {
-            redact_chain(&*c.credentials, &c.subject, instance, text)
-        });
+        let decisions = own_records(&c.ledger, &c.subject, &*c.credentials);
         let report = RunReport {
             instance: instance.clone(),
             skill: c.subject.skill.name.clone(),
@@ -508,6 +521,8 @@ impl Engine {
         let mut held = Held {
             credentials: services.credentials.clone(),
             instance: Some(instance.clone()),
+            ledger: ledger.clone(),
+            subject: subject.clone(),
         };
         // Dropped before the end (the caller went away): the log still gets
         // the run's end and the calls it made.
@@ -675,8 +690,7 @@ impl Engine {
         }
         // Cleaned where its callers will read them, while its credentials
         // are still known.
-        ledger.clean(&instance, clean);
-        let decisions = own_records(&ledger, &subject, clean);
+        let decisions = own_records(&ledger, &subject, credentials);
         if let Some(revocation) = held.end()
             && tokio::time::timeout(REVOCATION_WAIT, revocation)
                 .await

@@ -154,6 +154,12 @@ impl Tools for ToolRegistry {
             digest: from.skill.digest.clone(),
             instance: from.instance.clone(),
         });
+        // The root of the chain answers for every denial in it when it ran
+        // as an admitted skill; a developer's file answers for none.
+        let counted_root = callers
+            .first()
+            .filter(|_| from.delegation.depth > 0 || from.skill.approved)
+            .map(|c| c.digest.clone());
         if chain.iter().any(|s| s == name) {
             return Err(CallError::guard(
                 "tool-cycle",
@@ -218,14 +224,24 @@ impl Tools for ToolRegistry {
         .await
         .map_err(|e| CallError::Unavailable(format!("tool `{name}` did not finish: {e}")))?;
         // An admitted tool answers for its own calls too, as it would run
-        // alone; its caller answers for them as well.
-        if let Some(digest) = tool.digest {
-            let own = report
-                .decisions
-                .iter()
-                .filter(|r| r.instance == report.instance);
-            node.count_denials(digest, crate::admission::node::denials(own))
-                .await;
+        // alone: not for what its callers' policies refused, nor for a cycle
+        // its chain made. A tool with the digest of the root that answers
+        // for it already is counted once, there.
+        if let Some(digest) = tool.digest
+            && counted_root.as_deref() != Some(digest.to_hex().as_str())
+        {
+            let own = report.decisions.iter().filter(|r| {
+                r.instance == report.instance
+                    && !r.decision.by_caller
+                    && !r.decision.policies.iter().any(|p| p == "guard:tool-cycle")
+            });
+            let denied = crate::admission::node::denials(own);
+            // Apart from the caller's call: a quarantine's store write and
+            // record are not the caller's to wait for, nor to cut short.
+            if denied > 0 {
+                let node = node.clone();
+                tokio::spawn(async move { node.count_denials(digest, denied).await });
+            }
         }
         match (report.status, report.output, report.error) {
             (RunStatus::Ok, Some(output), _) => Ok(output),

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use airlock_host_apis::broker::CallRecord;
+use airlock_runtime::LoadedSkill;
 use airlock_runtime::admission::{State, Submission};
 use airlock_runtime::run::{RunReport, RunStatus};
 use airlock_runtime::{Error, SkillDigest, audit};
@@ -457,45 +459,113 @@ async fn a_tool_by_digest_runs_only_while_its_skill_is_approved() {
     );
 }
 
-/// A tool by digest answers for its own denials, as it would run alone: a
-/// skill that is denied again and again is quarantined though it only ever
-/// runs as another's tool.
-#[tokio::test]
-async fn a_tools_denials_count_toward_its_own_quarantine() {
+/// A node whose tool `inner` is the probe by digest, approved, quarantined
+/// after 3 denials; and a developer's file to call it from, so that only the
+/// tool is an admitted skill.
+async fn inner_tool(policies: &str) -> (TestNode, SkillDigest, std::sync::Arc<LoadedSkill>) {
     let probe = SkillDigest::of(&wasm(skills::CAPABILITY_PROBE));
     let config = format!(
         "[admission]\nquarantine_after = 3\nquarantine_window = \"1m\"\n\
          [tools.inner]\ndigest = \"{probe}\"\nrisk = \"low\"\n"
     );
-    let node = TestNode::new(&config, &[("p.cedar", TOOL_INVOKE)]);
+    let node = TestNode::new(&config, &[("p.cedar", TOOL_INVOKE), ("q.cedar", policies)]);
     approved_probe(&node).await;
-    // No policy allows storage: each get is denied.
-    let get = json!({"op": "storage.get", "key": "a"});
-    let inner = json!({"calls": [get, get, get]}).to_string();
-    let input =
-        json!({"calls": [{"op": "tools.invoke", "name": "inner", "input": inner}]}).to_string();
-    // The caller is a developer's file: only the tool is an admitted skill.
-    let skill = node
+    let caller = node
         .node
         .load(wasm(skills::CAPABILITY_PROBE))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let report = node.node.run(&skill, request("caller", &input)).await;
+    (node, probe, caller)
+}
+
+/// The caller runs `inner` with `calls`; the denials in its report.
+async fn call_inner(node: &TestNode, caller: &LoadedSkill, calls: &[Value]) -> Vec<CallRecord> {
+    let inner = json!({ "calls": calls }).to_string();
+    let input =
+        json!({"calls": [{"op": "tools.invoke", "name": "inner", "input": inner}]}).to_string();
+    let report = node.node.run(caller, request("caller", &input)).await;
     assert_eq!(report.status, RunStatus::Ok, "{:?}", report.error);
-    let denied: Vec<_> = report
+    let result = airlock_tests::results(&report)[0].to_string();
+    assert!(!result.contains("quarantined"), "{result}");
+    report
         .decisions
-        .iter()
+        .into_iter()
         .filter(|d| d.decision.verdict == airlock_host_apis::Verdict::Deny)
-        .collect();
-    assert_eq!(denied.len(), 3, "{:#?}", report.decisions);
-    assert!(denied.iter().all(|d| d.skill == "inner"), "{denied:#?}");
+        .collect()
+}
+
+/// The state of `digest` once `wanted`, or after 5 s.
+async fn state_becomes(node: &TestNode, digest: SkillDigest, wanted: State) -> Option<State> {
     let store = node.node.skills().unwrap_or_else(|e| panic!("{e}"));
-    let record = store.get(&probe).await.ok().flatten();
-    assert_eq!(record.map(|r| r.state), Some(State::Quarantined));
-    let quarantine = events(&node, "skill.quarantine");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = store.get(&digest).await.ok().flatten().map(|r| r.state);
+        if state == Some(wanted) || std::time::Instant::now() > deadline {
+            return state;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A tool by digest answers for its own denials, as it would run alone: a
+/// skill that is denied again and again is quarantined though it only ever
+/// runs as another's tool.
+#[tokio::test]
+async fn a_tools_denials_count_toward_its_own_quarantine() {
+    let (node, probe, caller) = inner_tool("").await;
+    // No policy allows storage: each get is denied.
+    let get = json!({"op": "storage.get", "key": "a"});
+    let denied = call_inner(&node, &caller, &[get.clone(), get.clone(), get]).await;
+    assert_eq!(denied.len(), 3, "{denied:#?}");
+    assert!(denied.iter().all(|d| d.skill == "inner"), "{denied:#?}");
+    assert_eq!(
+        state_becomes(&node, probe, State::Quarantined).await,
+        Some(State::Quarantined)
+    );
+    // Recorded just after the change.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let quarantine = loop {
+        let found = events(&node, "skill.quarantine");
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(quarantine.len(), 1, "{quarantine:#?}");
     assert_eq!(quarantine[0]["automatic"], true);
     assert_eq!(quarantine[0]["digest"], probe.to_hex());
+}
+
+/// What the caller's policies refuse is not the tool's doing: a caller with
+/// fewer rights cannot get a shared tool quarantined through it.
+#[tokio::test]
+async fn a_tool_does_not_answer_for_what_its_caller_may_not_do() {
+    let reads = r#"
+@id("test/inner-reads")
+permit (principal, action == Airlock::Action::"storage.read", resource)
+when { principal.name == "inner" };
+"#;
+    let (node, probe, caller) = inner_tool(reads).await;
+    let get = json!({"op": "storage.get", "key": "a"});
+    let denied = call_inner(&node, &caller, &[get.clone(), get.clone(), get.clone()]).await;
+    assert_eq!(denied.len(), 3, "{denied:#?}");
+    assert!(denied.iter().all(|d| d.decision.by_caller), "{denied:#?}");
+    let reason = denied[0].decision.reason.clone().unwrap_or_default();
+    assert!(reason.contains("calling skill `caller`"), "{reason}");
+    // Given time to count them, it would have been quarantined by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        state_becomes(&node, probe, State::Approved).await,
+        Some(State::Approved)
+    );
+    // Its own denials still count: writes no policy allows.
+    let put = json!({"op": "storage.put", "key": "a", "value": "v"});
+    let denied = call_inner(&node, &caller, &[put.clone(), put.clone(), put, get]).await;
+    assert_eq!(denied.iter().filter(|d| !d.decision.by_caller).count(), 3);
+    assert_eq!(
+        state_becomes(&node, probe, State::Quarantined).await,
+        Some(State::Quarantined)
+    );
 }
 
 #[tokio::test]

@@ -33,6 +33,10 @@ const MIN_FORM: usize = 8;
 /// and the automaton alone would let its first part through.
 const CUT: &str = "…";
 
+/// [`CUT`] as JSON writes it when it escapes what is not ASCII (Python's
+/// `json.dumps` does by default).
+const CUT_ESCAPED: &str = "\\u2026";
+
 /// A form cut to fewer bytes than this, before a [`CUT`], is left: so short
 /// a prefix could match by chance.
 const MIN_CUT: usize = 16;
@@ -187,7 +191,10 @@ impl Scanner {
     /// form's head matches is compared once, up to the first cut after it.
     fn redact_cut(&self, data: &[u8]) -> Option<Vec<u8>> {
         let heads = self.heads.as_ref()?;
-        let cuts: Vec<usize> = memchr::memmem::find_iter(data, CUT.as_bytes()).collect();
+        let mut cuts: Vec<usize> = memchr::memmem::find_iter(data, CUT.as_bytes())
+            .chain(memchr::memmem::find_iter(data, CUT_ESCAPED.as_bytes()))
+            .collect();
+        cuts.sort_unstable();
         if cuts.is_empty() {
             return None;
         }
@@ -289,6 +296,12 @@ mod tests {
             Some(Ok(
                 "[redacted] and `storage.read` on Object `ns/[redacted]…` denied".into()
             ))
+        );
+        // Cut, and then escaped by a skill's JSON.
+        let escaped = format!(r#"{{"error": "ns/{}\u2026 denied"}}"#, &SENTINEL[..20]);
+        assert_eq!(
+            s.redact(escaped.as_bytes()).map(String::from_utf8),
+            Some(Ok(r#"{"error": "ns/[redacted]\u2026 denied"}"#.into()))
         );
         // Too short a prefix to tell, or a prefix not cut by the host.
         assert_eq!(s.redact(cut(MIN_CUT - 1).as_bytes()), None);
