@@ -682,13 +682,17 @@ impl Ledger {
         self.books().records.clone()
     }
 
-    /// Pass the strings of `instance`'s records through `clean` where they
-    /// are kept: its callers read them after it has ended, when its
-    /// credentials, and so what would clean them, are gone.
-    pub fn clean(&self, instance: &str, clean: impl Fn(String) -> String) {
+    /// Pass the strings of every record through `clean(maker, text)` where
+    /// they are kept: an instance's callers read its records after it has
+    /// ended, when its credentials, and so what would clean them, are gone.
+    /// Under the lock, so an instance ending at the same time has either
+    /// cleaned its records already or not ended yet.
+    pub fn clean(&self, clean: impl Fn(&str, String) -> String) {
         let mut books = self.books();
-        for record in books.records.iter_mut().filter(|r| r.instance == instance) {
-            record.redact(&clean);
+        for record in &mut books.records {
+            let maker = std::mem::take(&mut record.instance);
+            record.redact(|text| clean(&maker, text));
+            record.instance = maker;
         }
     }
 

@@ -205,11 +205,11 @@ struct Held {
 impl Held {
     fn end(&mut self) -> Option<airlock_host_apis::secrets::Revocation> {
         let instance = self.instance.take()?;
-        // The instance's records are cleaned where its callers will read
-        // them, however it ends, while its credentials are still known.
-        self.ledger.clean(&instance, |text| {
-            redact_chain(&*self.credentials, &self.subject, &instance, text)
-        });
+        // The records are cleaned where its callers will read them, however
+        // it ends, while its credentials are still known: its own, and its
+        // tools' (it may have passed a token on in a tool's input).
+        self.ledger
+            .clean(|_, text| redact_chain(&*self.credentials, &self.subject, &instance, text));
         self.credentials.ended(&instance)
     }
 }
@@ -252,14 +252,24 @@ fn redact_chain(
 }
 
 /// The run's records: the calls of this instance and of the tools it
-/// called, not those of its callers, who share the ledger; cleaned of the
-/// chain's credentials and of each maker's own (a tool still ending, its
-/// caller cancelled, has not cleaned its records yet).
+/// called, not those of its callers, who share the ledger. Cleaned in place
+/// first, of the chain's credentials and of each maker's own: a tool still
+/// ending (its caller stopped) may not have cleaned its records yet, and
+/// cleaning under the ledger's lock, not a copy, leaves it no moment to end
+/// its credentials in between.
 fn own_records(
     ledger: &Ledger,
     subject: &Subject,
     credentials: &dyn Credentials,
 ) -> Vec<airlock_host_apis::broker::CallRecord> {
+    ledger.clean(|maker, text| {
+        let text = redact_chain(credentials, subject, &subject.instance, text);
+        if maker == subject.instance {
+            text
+        } else {
+            redact_text(credentials, maker, text)
+        }
+    });
     let mut records = ledger.records();
     records.retain(|r| {
         !subject
@@ -268,18 +278,6 @@ fn own_records(
             .iter()
             .any(|c| c.instance == r.instance)
     });
-    for record in &mut records {
-        let maker = std::mem::take(&mut record.instance);
-        record.redact(|text| {
-            let text = redact_chain(credentials, subject, &subject.instance, text);
-            if maker == subject.instance {
-                text
-            } else {
-                redact_text(credentials, &maker, text)
-            }
-        });
-        record.instance = maker;
-    }
     records
 }
 

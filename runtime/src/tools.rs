@@ -154,12 +154,6 @@ impl Tools for ToolRegistry {
             digest: from.skill.digest.clone(),
             instance: from.instance.clone(),
         });
-        // The root of the chain answers for every denial in it when it ran
-        // as an admitted skill; a developer's file answers for none.
-        let counted_root = callers
-            .first()
-            .filter(|_| from.delegation.depth > 0 || from.skill.approved)
-            .map(|c| c.digest.clone());
         if chain.iter().any(|s| s == name) {
             return Err(CallError::guard(
                 "tool-cycle",
@@ -225,11 +219,8 @@ impl Tools for ToolRegistry {
         .map_err(|e| CallError::Unavailable(format!("tool `{name}` did not finish: {e}")))?;
         // An admitted tool answers for its own calls too, as it would run
         // alone: not for what its callers' policies refused, nor for a cycle
-        // its chain made. A tool with the digest of the root that answers
-        // for it already is counted once, there.
-        if let Some(digest) = tool.digest
-            && counted_root.as_deref() != Some(digest.to_hex().as_str())
-        {
+        // its chain made. (A skill called as its own tool answers twice.)
+        if let Some(digest) = tool.digest {
             let own = report.decisions.iter().filter(|r| {
                 r.instance == report.instance
                     && !r.decision.by_caller
