@@ -200,6 +200,8 @@ struct Held {
     instance: Option<String>,
     ledger: Ledger,
     subject: Arc<Subject>,
+    /// The run's end cleaned the ledger already (`own_records`).
+    cleaned: bool,
 }
 
 impl Held {
@@ -208,8 +210,10 @@ impl Held {
         // The records are cleaned where its callers will read them, however
         // it ends, while its credentials are still known: its own, and its
         // tools' (it may have passed a token on in a tool's input).
-        self.ledger
-            .clean(|_, text| redact_chain(&*self.credentials, &self.subject, &instance, text));
+        if !self.cleaned {
+            self.ledger
+                .clean(|_, text| redact_chain(&*self.credentials, &self.subject, &instance, text));
+        }
         self.credentials.ended(&instance)
     }
 }
@@ -521,6 +525,7 @@ impl Engine {
             instance: Some(instance.clone()),
             ledger: ledger.clone(),
             subject: subject.clone(),
+            cleaned: false,
         };
         // Dropped before the end (the caller went away): the log still gets
         // the run's end and the calls it made.
@@ -687,8 +692,9 @@ impl Engine {
             line.message = clean(std::mem::take(&mut line.message));
         }
         // Cleaned where its callers will read them, while its credentials
-        // are still known.
+        // are still known; not again when they end.
         let decisions = own_records(&ledger, &subject, credentials);
+        held.cleaned = true;
         if let Some(revocation) = held.end()
             && tokio::time::timeout(REVOCATION_WAIT, revocation)
                 .await
